@@ -1,0 +1,16 @@
+"""ACE-Step Studio: ACE-Step v1 music generation and editing for ComfyUI.
+
+ComfyUI imports this file; it registers the pack's nodes through the V3 schema.
+"""
+from comfy_api.latest import ComfyExtension, io
+
+from .nodes import NODES
+
+
+class AceStepStudioExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> AceStepStudioExtension:
+    return AceStepStudioExtension()

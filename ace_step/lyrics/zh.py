@@ -1,0 +1,152 @@
+"""Chinese: spell numbers out in Chinese characters, turn all punctuation into ",", then convert to tone-numbered
+pinyin (pypinyin Style.TONE3, neutral tone 5, syllables joined without spaces: 我走过 -> "wo3zou3guo4").
+
+The number normaliser reproduces what the original tokenizer's `zh_num2words.TextNorm()` (default options) does
+for the cases it recognises, in the same order: dates, money, phone numbers, fractions, percentages, numbers with a
+measure word, runs of 4+ digits (read digit by digit), then plain numbers. Each rule, like the original, replaces the
+first occurrence of the matched number string.
+"""
+from __future__ import annotations
+
+import re
+import string
+
+_DIGITS = "零一二三四五六七八九"
+_LIANG = "两"
+# (power of ten, character), "mid" numbering system: 万 = 10^4, 亿 = 10^8, 兆 = 10^12, then every 10^4.
+_UNITS = [(1, "十"), (2, "百"), (3, "千"), (4, "万")] + [(8 + 4 * i, c) for i, c in enumerate("亿兆京垓秭穰沟涧正载")]
+
+_CURRENCY_UNITS = r"((亿|千万|百万|万|千|百)|(亿|千万|百万|万|千|百|)元|(亿|千万|百万|万|千|百|)块|角|毛|分)"
+_QUANTIFIER_CHARS = (
+    "匹张座回场尾条个首阙阵网炮顶丘棵只支袭辆挑担颗壳窠曲墙群腔砣客贯扎捆刀令打手罗坡山岭江溪钟队单双对出口头脚板"
+    "跳枝件贴针线管名位身堂课本页家户层丝毫厘分钱两斤铢石钧锱忽寸尺丈里寻常铺程撮勺合升斗盘碗碟叠桶笼盆盒杯斛锅簋"
+    "篮罐瓶壶卮盏箩箱煲啖袋钵年月日季刻时周天秒旬纪岁世更夜春夏秋冬代伏辈丸泡粒幢堆根道面片块"
+)
+_QUANTIFIERS = "(?:[" + _QUANTIFIER_CHARS + "]|[千毫微]克|[千分厘毫微]米)"
+
+_DATE = re.compile(r"\D+((([089]\d|(19|20)\d{2})年)?(\d{1,2}月(\d{1,2}[日号])?)?)")
+_MONEY = re.compile(r"\D+((\d+(\.\d+)?)[多余几]?" + _CURRENCY_UNITS + r"(\d" + _CURRENCY_UNITS + r"?)?)")
+_MOBILE = re.compile(r"\D((\+?86 ?)?1([38]\d|5[0-35-9]|7[678]|9[89])\d{8})\D")
+_LANDLINE = re.compile(r"\D((0(10|2[1-3]|[3-9]\d{2})-?)?[1-9]\d{6,7})\D")
+_FRACTION = re.compile(r"(\d+/\d+)")
+_PERCENT = re.compile(r"(\d+(\.\d+)?%)")
+_COUNTED = re.compile(r"(\d+(\.\d+)?)[多余几]?" + _QUANTIFIERS)
+_DIGIT_RUN = re.compile(r"(\d{4,32})")
+_NUMBER = re.compile(r"(\d+(\.\d+)?)")
+_LATIN_2_LATIN = re.compile(r"(([a-zA-Z]+)二([a-zA-Z]+))")  # P2P, B2B: the "2" stays a digit
+
+# Chinese and ASCII punctuation (the Zhon project's lists), all mapped to ",".
+_CN_PUNCTUATION = (
+    "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃《》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
+    "–—‘’‛“”„‟…‧﹏·〈〉-"
+)
+_PUNCTUATION = _CN_PUNCTUATION + string.punctuation
+_TO_COMMA = str.maketrans(_PUNCTUATION, "," * len(_PUNCTUATION))
+
+
+def _integer_symbols(digits: str) -> list:
+    """Digits -> [int digit | (power, unit char)], e.g. "1005" -> [1, (3, "千"), 0, 5] (零 marks a gap)."""
+    significant = digits.lstrip("0")
+    if not significant:
+        return []
+    if len(significant) == 1:
+        return ([0] if len(digits) != len(significant) else []) + [int(significant)]
+    unit = max(u for u in _UNITS if u[0] < len(significant))
+    return _integer_symbols(digits[: -unit[0]]) + [unit] + _integer_symbols(significant[-unit[0]:])
+
+
+def number_to_chinese(number: str, use_units: bool = True, liang: bool = True) -> str:
+    """Reads a number string: "12" -> 十二, "2000" -> 两千, "3.14" -> 三点一四; with use_units=False digit by digit."""
+    parts = number.split(".")
+    if len(parts) > 2:
+        raise ValueError(f"more than one decimal point in {number!r}")
+    whole, decimals = parts[0], (parts[1] if len(parts) == 2 else "")
+    symbols = _integer_symbols(whole) if use_units and len(whole) > 1 else [int(c) for c in whole]
+    if decimals:
+        symbols += ["点"] + [int(c) for c in decimals]
+    out = []
+    for i, s in enumerate(symbols):
+        if isinstance(s, int):
+            prev = symbols[i - 1] if i > 0 else None
+            nxt = symbols[i + 1] if i + 1 < len(symbols) else None
+            # 2 before 百/千/万/... (not before 十, not after 十) is read 两.
+            if (liang and s == 2 and isinstance(nxt, tuple) and nxt[0] != 1
+                    and (prev is None or (isinstance(prev, tuple) and prev[0] != 1))):
+                out.append(_LIANG)
+            else:
+                out.append(_DIGITS[s])
+        else:
+            out.append(s[1] if isinstance(s, tuple) else s)
+    text = "".join(out)
+    if text.startswith("点"):
+        text = "零" + text
+    if len(text) >= 2 and text[0] == "一" and text[1] == "十":
+        text = text[1:]  # 10..19 are read 十, 十一, ... (also 十万 for 100000)
+    return text
+
+
+def _digits(number: str) -> str:
+    return number_to_chinese(number, use_units=False, liang=False)
+
+
+def _date(text: str) -> str:
+    year, rest = "", text
+    if "年" in text:
+        head, rest = text.strip().split("年", 1)
+        year = _digits(head) + "年"
+    if not rest:
+        return year
+    month, day = rest.strip().split("月", 1)
+    out = year + number_to_chinese(month) + "月"
+    if day:
+        out += number_to_chinese(day[:-1]) + day[-1]
+    return out
+
+
+def _money(text: str) -> str:
+    for number, _ in _NUMBER.findall(text):
+        text = text.replace(number, number_to_chinese(number))
+    return text
+
+
+def _phone(text: str, landline: bool) -> str:
+    parts = text.split("-") if landline else text.strip("+").split()
+    return "".join(_digits(p) for p in parts)
+
+
+def _fraction(text: str) -> str:
+    numerator, denominator = text.split("/")
+    return number_to_chinese(denominator) + "分之" + number_to_chinese(numerator)
+
+
+def _replace_first(text: str, pattern: re.Pattern, convert, group: int | None = 0) -> str:
+    for match in pattern.findall(text):
+        found = match[group] if isinstance(match, tuple) else match
+        if found:
+            text = text.replace(found, convert(found), 1)
+    return text
+
+
+def normalize_zh_numbers(text: str) -> str:
+    """Numbers to Chinese characters, then every punctuation mark to ","."""
+    text = "^" + text + "$"  # sentinels so the patterns needing a non-digit on each side match at the ends
+    text = _replace_first(text, _DATE, _date)
+    text = _replace_first(text, _MONEY, _money)
+    text = _replace_first(text, _MOBILE, lambda t: _phone(t, landline=False))
+    text = _replace_first(text, _LANDLINE, lambda t: _phone(t, landline=True))
+    text = _replace_first(text, _FRACTION, _fraction)
+    text = text.replace("％", "%")
+    text = _replace_first(text, _PERCENT, lambda t: "百分之" + number_to_chinese(t.strip().strip("%")))
+    text = _replace_first(text, _COUNTED, number_to_chinese)
+    text = _replace_first(text, _DIGIT_RUN, _digits)
+    text = _replace_first(text, _NUMBER, number_to_chinese)
+    for whole, left, right in _LATIN_2_LATIN.findall(text):
+        text = text.replace(whole, left + "2" + right, 1)
+    return text.lstrip("^").rstrip("$").translate(_TO_COMMA)
+
+
+def to_pinyin(text: str) -> str:
+    """Han characters -> tone-numbered pinyin joined without spaces; everything else passes through."""
+    from pypinyin import Style, pinyin
+
+    return "".join(p[0] for p in pinyin(text, style=Style.TONE3, heteronym=False, neutral_tone_with_five=True))

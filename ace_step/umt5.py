@@ -1,0 +1,301 @@
+"""UMT5-base text encoder (encoder half only), the "genre"/tags encoder of ACE-Step v1.
+
+ACE-Step feeds the tag prompt through google/umt5-base and uses the last hidden state (after the final norm) as the
+text condition. This is a plain-torch encoder with the checkpoint's key layout (component prefix
+`text_encoders.umt5base.` stripped):
+
+    transformer.shared.weight
+    transformer.encoder.block.N.layer.0.{layer_norm, SelfAttention.{q,k,v,o,relative_attention_bias}}
+    transformer.encoder.block.N.layer.1.{layer_norm, DenseReluDense.{wi_0,wi_1,wo}}
+    transformer.encoder.final_layer_norm.weight
+
+T5 numerics, all on purpose:
+- RMS norm without mean subtraction or bias, variance taken in fp32 (eps 1e-6);
+- no 1/sqrt(d_kv) scaling of the attention logits (T5 folds it into the initialisation);
+- relative-position bias, bidirectional buckets; UMT5 (unlike T5) has its own bias table in EVERY layer;
+- gated-GELU feed-forward with the tanh approximation.
+
+Like ComfyUI, the embeddings are looked up and the whole encoder is computed in fp32 by default, whatever the stored
+weight dtype (each Linear casts its weight to the activations' dtype).
+
+ERG ("entropy rectifying guidance") for tags: the original pipeline multiplies the outputs of
+`transformer.encoder.block[8].layer[0].SelfAttention.q` and of block 9 by 0.01 through forward hooks. Here that is
+`model(ids, q_scale={8: 0.01, 9: 0.01})` (`ERG_TAG_Q_SCALE`); the q modules stay ordinary, hookable Linears.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EOS_ID = 1
+PAD_ID = 0
+
+# Blocks whose query projection the original ACE-Step ERG-tag pass scales, and by how much.
+ERG_TAG_Q_SCALE: dict[int, float] = {8: 0.01, 9: 0.01}
+
+
+@dataclass
+class UMT5Config:
+    vocab_size: int = 256384
+    d_model: int = 768
+    d_kv: int = 64
+    num_heads: int = 12
+    d_ff: int = 2048
+    num_layers: int = 12
+    relative_attention_num_buckets: int = 32
+    # Not stored in any weight: fixed at the UMT5 value.
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+
+    @classmethod
+    def full_size(cls) -> "UMT5Config":
+        return cls()
+
+    @classmethod
+    def tiny(cls, vocab_size: int = 512) -> "UMT5Config":
+        """~0.1 MB of fp32 weights; vocab_size should equal the tiny SentencePiece model's piece count."""
+        return cls(vocab_size=vocab_size, d_model=32, d_kv=16, num_heads=2, d_ff=64, num_layers=2)
+
+    @classmethod
+    def from_shapes(cls, shapes: Mapping[str, Sequence[int]]) -> "UMT5Config":
+        """Infers the config from key -> shape (prefix stripped). Heads come from the bias table's second dim."""
+        vocab_size, d_model = shapes["transformer.shared.weight"]
+        attn = "transformer.encoder.block.0.layer.0.SelfAttention."
+        buckets, heads = shapes[attn + "relative_attention_bias.weight"]
+        inner = shapes[attn + "q.weight"][0]
+        d_ff = shapes["transformer.encoder.block.0.layer.1.DenseReluDense.wi_0.weight"][0]
+        num_layers = 1 + max(int(k.split(".")[3]) for k in shapes if k.startswith("transformer.encoder.block."))
+        return cls(vocab_size=vocab_size, d_model=d_model, d_kv=inner // heads, num_heads=heads, d_ff=d_ff,
+                   num_layers=num_layers, relative_attention_num_buckets=buckets)
+
+
+def unused_checkpoint_shapes(config: UMT5Config) -> dict[str, tuple]:
+    """Checkpoint tensors of this component that the encoder never reads (CLIP-style scalar left by SDClipModel)."""
+    return {"logit_scale": ()}
+
+
+def erg_tag_q_scale(num_layers: int, scale: float = 0.01) -> dict[int, float]:
+    """The ERG-tag q scales for an encoder of `num_layers` blocks.
+
+    12 blocks (the real model) give the original {8: scale, 9: scale}. Other depths get the blocks at the same
+    relative depth (8/12 .. 9/12, at least one block), so tiny test models can run the same pipeline.
+    """
+    if num_layers == 12:
+        return {8: scale, 9: scale}
+    first = min(8 * num_layers // 12, num_layers - 1)
+    last = min(max(9 * num_layers // 12, first), num_layers - 1)
+    return {i: scale for i in range(first, last + 1)}
+
+
+class _Linear(nn.Linear):
+    """Bias-free Linear that casts its weight to the input dtype (fp32 compute over bf16/fp16 storage)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__(d_in, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+class T5LayerNorm(nn.Module):
+    """RMS norm: scale only, no mean subtraction, no bias; statistics in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        x = (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype)
+        return self.weight.to(x.dtype) * x
+
+
+def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int = 32,
+                             max_distance: int = 128) -> torch.Tensor:
+    """Bidirectional T5 bucketing of (key - query) offsets.
+
+    Half the buckets per direction; inside a direction, offsets below half of that are their own bucket, larger ones
+    share log-spaced buckets up to max_distance (everything beyond lands in the last bucket). The float32 log
+    formula is the one the model was trained with, so boundary offsets fall into the same buckets.
+    """
+    half = num_buckets // 2
+    bucket = (relative_position > 0).long() * half  # keys after the query use the upper half
+    distance = relative_position.abs()
+    exact = half // 2
+    # clamp_min(1) only avoids log(0); those offsets take the exact branch anyway.
+    log_ratio = torch.log(distance.clamp_min(1).float() / exact) / math.log(max_distance / exact)
+    far = exact + (log_ratio * (half - exact)).long()
+    far = far.clamp_max(half - 1)
+    return bucket + torch.where(distance < exact, distance, far)
+
+
+class UMT5Attention(nn.Module):
+    def __init__(self, cfg: UMT5Config):
+        super().__init__()
+        inner = cfg.num_heads * cfg.d_kv
+        self.num_heads = cfg.num_heads
+        self.d_kv = cfg.d_kv
+        self.q = _Linear(cfg.d_model, inner)
+        self.k = _Linear(cfg.d_model, inner)
+        self.v = _Linear(cfg.d_model, inner)
+        self.o = _Linear(inner, cfg.d_model)
+        self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
+
+    def position_bias(self, buckets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[N, N] bucket ids -> [1, H, N, N] additive logit bias of this layer."""
+        return F.embedding(buckets, self.relative_attention_bias.weight).to(dtype).permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor, mask_bias: torch.Tensor | None,
+                q_scale: float = 1.0) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q(x)
+        if q_scale != 1.0:
+            q = q * q_scale  # ERG: flattens this layer's content attention (the position bias is untouched)
+        q, k, v = (t.view(b, n, self.num_heads, self.d_kv).transpose(1, 2) for t in (q, self.k(x), self.v(x)))
+        bias = self.position_bias(buckets, x.dtype)
+        if mask_bias is not None:
+            bias = bias + mask_bias
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # T5: no 1/sqrt(d) scaling
+        return self.o(out.transpose(1, 2).reshape(b, n, self.num_heads * self.d_kv))
+
+
+class UMT5LayerSelfAttention(nn.Module):
+    def __init__(self, cfg: UMT5Config):
+        super().__init__()
+        self.SelfAttention = UMT5Attention(cfg)
+        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+    def forward(self, x, buckets, mask_bias, q_scale: float = 1.0):
+        return x + self.SelfAttention(self.layer_norm(x), buckets, mask_bias, q_scale)
+
+
+class T5DenseGatedGelu(nn.Module):
+    def __init__(self, cfg: UMT5Config):
+        super().__init__()
+        self.wi_0 = _Linear(cfg.d_model, cfg.d_ff)
+        self.wi_1 = _Linear(cfg.d_model, cfg.d_ff)
+        self.wo = _Linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.wo(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x))
+
+
+class UMT5LayerFF(nn.Module):
+    def __init__(self, cfg: UMT5Config):
+        super().__init__()
+        self.DenseReluDense = T5DenseGatedGelu(cfg)
+        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.DenseReluDense(self.layer_norm(x))
+
+
+class UMT5Block(nn.Module):
+    def __init__(self, cfg: UMT5Config):
+        super().__init__()
+        # layer[0] = self-attention, layer[1] = feed-forward: indices are part of the checkpoint keys.
+        self.layer = nn.ModuleList([UMT5LayerSelfAttention(cfg), UMT5LayerFF(cfg)])
+
+    def forward(self, x, buckets, mask_bias, q_scale: float = 1.0):
+        return self.layer[1](self.layer[0](x, buckets, mask_bias, q_scale))
+
+
+class UMT5Stack(nn.Module):
+    def __init__(self, cfg: UMT5Config):
+        super().__init__()
+        self.block = nn.ModuleList([UMT5Block(cfg) for _ in range(cfg.num_layers)])
+        self.final_layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+
+
+class _T5Transformer(nn.Module):
+    def __init__(self, cfg: UMT5Config):
+        super().__init__()
+        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.encoder = UMT5Stack(cfg)
+
+
+class UMT5Encoder(nn.Module):
+    """UMT5 encoder. `forward(input_ids [B,N], attention_mask [B,N] or None) -> last_hidden_state [B,N,d]`."""
+
+    def __init__(self, config: UMT5Config):
+        super().__init__()
+        self.config = config
+        self.transformer = _T5Transformer(config)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.encoder.block
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                q_scale: Mapping[int, float] | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Last hidden state after the final norm, [B, N, d_model], in `dtype` (fp32 by default, as ComfyUI).
+
+        attention_mask: 1 = real token, 0 = padding; padded keys are excluded (query rows are still computed).
+        q_scale: {block index: factor} multiplying that block's query projection output (ERG); None = plain pass.
+        """
+        cfg = self.config
+        scales = dict(q_scale or {})
+        for i in scales:
+            if not 0 <= i < cfg.num_layers:
+                raise ValueError(f"q_scale block {i} out of range for {cfg.num_layers} blocks")
+        n = input_ids.shape[1]
+        x = F.embedding(input_ids, self.transformer.shared.weight).to(dtype)
+
+        pos = torch.arange(n, device=input_ids.device)
+        buckets = relative_position_bucket(pos[None, :] - pos[:, None], cfg.relative_attention_num_buckets,
+                                           cfg.relative_attention_max_distance)
+        mask_bias = None
+        if attention_mask is not None:
+            # Additive key mask, [B, 1, 1, N]: the most negative finite value, like HF/ComfyUI (not -inf).
+            keep = attention_mask.to(device=x.device).bool()[:, None, None, :]
+            mask_bias = torch.zeros(keep.shape, dtype=dtype, device=x.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+        for i, block in enumerate(self.transformer.encoder.block):
+            x = block(x, buckets, mask_bias, scales.get(i, 1.0))
+        return self.transformer.encoder.final_layer_norm(x)
+
+
+def comfy_attention_mask(ids: Sequence[int]) -> list[int]:
+    """ComfyUI's mask for one token row: 1 up to and including the first EOS, 0 after it."""
+    mask, seen_eos = [], False
+    for t in ids:
+        mask.append(0 if seen_eos else 1)
+        seen_eos = seen_eos or t == EOS_ID
+    return mask
+
+
+@torch.no_grad()
+def encode_token_weights(model: UMT5Encoder, token_weights: Sequence[tuple[int, float]], *,
+                         q_scale: Mapping[int, float] | None = None) -> torch.Tensor:
+    """Encodes one tokenised prompt [(id, weight), ...] the way ComfyUI's CLIP encode does -> [1, N, d] fp32.
+
+    If any weight differs from 1, an "empty" row [EOS, PAD, PAD, ...] of the same length is encoded in the same
+    batch, and each weighted token's vector z becomes (z - z_empty) * w + z_empty, pulling it away from (w > 1) or
+    towards (w < 1) what the encoder outputs at that position for no prompt.
+    """
+    if len(token_weights) == 0:
+        raise ValueError("empty token list: tokenise with the EOS appended")
+    device = model.transformer.shared.weight.device
+    ids = [int(t) for t, _ in token_weights]
+    weights = torch.tensor([float(w) for _, w in token_weights], dtype=torch.float32, device=device)
+    weighted = bool((weights != 1.0).any())
+
+    rows = [ids]
+    if weighted:
+        rows.append([EOS_ID] + [PAD_ID] * (len(ids) - 1))
+    input_ids = torch.tensor(rows, dtype=torch.long, device=device)
+    mask = torch.tensor([comfy_attention_mask(r) for r in rows], dtype=torch.long, device=device)
+    out = model(input_ids, mask, q_scale=q_scale).float()
+
+    z = out[:1]
+    if weighted:
+        z_empty = out[1:2]
+        w = weights[None, :, None]
+        z = torch.where(w != 1.0, (z - z_empty) * w + z_empty, z)
+    return z

@@ -1,0 +1,62 @@
+"""Save Audio: FLAC, MP3, Opus or WAV into ComfyUI's output folder, workflow embedded, previewed in the UI."""
+import json
+
+import folder_paths
+from comfy.cli_args import args
+from comfy_api.latest import io, ui
+
+from .audio_files import FORMATS, QUALITIES, encode_audio, save_unique
+from .common import CATEGORY, display_name, node_id
+
+
+def _metadata(hidden) -> dict[str, str]:
+    if args.disable_metadata:
+        return {}
+    meta = {}
+    if hidden.prompt is not None:
+        meta["prompt"] = json.dumps(hidden.prompt)
+    for key, value in (hidden.extra_pnginfo or {}).items():
+        meta[key] = json.dumps(value)
+    return meta
+
+
+class SaveAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("SaveAudio"),
+            display_name=display_name("Save Audio"),
+            category=CATEGORY,
+            description="Saves each song of the batch to the output folder; never replaces an existing file.",
+            inputs=[
+                io.Audio.Input("audio", tooltip="The audio to save (ComfyUI AUDIO, any sample rate, mono or stereo)."),
+                io.String.Input("filename_prefix", default="audio/ACE-Step",
+                                tooltip="Path under the output folder and file name start; a counter is appended."),
+                io.Combo.Input("format", options=list(FORMATS), default="flac",
+                               tooltip="flac: lossless; mp3/opus: small files (quality below); wav: 16-bit PCM."),
+                io.Combo.Input("quality", options=["V0", "64k", "96k", "128k", "192k", "320k"], default="V0",
+                               tooltip="mp3: V0 (best VBR), 128k or 320k; opus: a bit rate (V0 means 128k). "
+                                       "Ignored by flac and wav."),
+            ],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, audio, filename_prefix, format, quality) -> io.NodeOutput:
+        allowed = QUALITIES.get(format)
+        if allowed is not None and quality not in allowed:
+            quality = allowed[0] if format == "mp3" else "128k"
+        waveform = audio["waveform"]
+        if waveform.ndim != 3:
+            raise ValueError(f"AUDIO waveform must be [batch, channels, samples], got shape {tuple(waveform.shape)}")
+        out_dir = folder_paths.get_output_directory()
+        # Refuses prefixes that leave the output folder (`..`, absolute paths).
+        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
+        meta = _metadata(cls.hidden)
+        results = []
+        for i, item in enumerate(waveform.detach().float().cpu().numpy()):
+            data = encode_audio(item, int(audio["sample_rate"]), format, allowed and quality, meta)
+            name = save_unique(data, folder, stem.replace("%batch_num%", str(i)), counter, format)
+            results.append(ui.SavedResult(name, subfolder, io.FolderType.output))
+        return io.NodeOutput(ui=ui.SavedAudios(results))

@@ -1,0 +1,29 @@
+"""Imports the installed ComfyUI into the test process, for parity tests against its own ACE-Step code.
+
+Only tests use this; nothing of ComfyUI is copied into the pack.
+"""
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def comfyui_path() -> Path:
+    return Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfyui")
+
+
+def import_comfy():
+    """Makes `comfy` importable on CPU and returns the ComfyUI root."""
+    path = comfyui_path()
+    if not (path / "main.py").exists():
+        raise RuntimeError(f"no ComfyUI at {path}: run `bash scripts/setup.sh` first")
+    if str(path) not in sys.path:
+        # Before the repo root: ComfyUI's top-level `nodes`/`utils` must win over the pack's folders.
+        sys.path.insert(0, str(path))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.model_management  # noqa: F401  (device detection reads args.cpu)
+
+    return path

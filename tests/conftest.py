@@ -1,0 +1,44 @@
+import json
+import sys
+
+import pytest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import MEASUREMENTS  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    MEASUREMENTS.unlink(missing_ok=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not MEASUREMENTS.exists():
+        return
+    terminalreporter.section("measurements")
+    for line in MEASUREMENTS.read_text().splitlines():
+        row = json.loads(line)
+        extra = {k: v for k, v in row.items() if k not in ("name", "value")}
+        terminalreporter.write_line(f"{row['name']}: {row['value']}" + (f"  {extra}" if extra else ""))
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from comfy_harness import ComfyServer  # noqa: E402
+from measure import OUTPUT_DIR  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    """One real ComfyUI server (CPU, loopback, in-memory database) with only this pack, for the whole session.
+
+    Its base directory is test-output/comfy-base; every connection attempt it makes is logged to netlog.jsonl."""
+    base = OUTPUT_DIR / "comfy-base"
+    netlog = OUTPUT_DIR / "netlog.jsonl"
+    netlog.unlink(missing_ok=True)
+    server = ComfyServer(base_dir=base, log_path=OUTPUT_DIR / "comfyui-server.log", netlog_path=netlog)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,25 @@
+"""Imports the pack in the test process the way ComfyUI does (a package loaded from the repo root's __init__.py)."""
+import asyncio
+import importlib.util
+import sys
+
+from comfy_inprocess import ROOT, import_comfy
+
+PACKAGE = "acestep_studio_under_test"
+
+
+def import_pack():
+    import_comfy()
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACKAGE]
+
+
+def pack_node_schemas():
+    pack = import_pack()
+    extension = asyncio.run(pack.comfy_entrypoint())
+    return [node.define_schema() for node in asyncio.run(extension.get_node_list())]
