@@ -1,13 +1,14 @@
 """Audio front end of the ACE-Step music VAE, in plain torch (no torchaudio).
 
-- `mel_filterbank`: the slaney-scale, slaney-normalised triangular filterbank (the values torchaudio's
-  `melscale_fbanks(..., norm="slaney", mel_scale="slaney")` gives, computed here in float64).
+- `mel_filterbank`: the slaney-scale, slaney-normalised triangular filterbank; in float32 it is bit-identical to
+  torchaudio's `melscale_fbanks(..., norm="slaney", mel_scale="slaney")`.
 - `LogMelSpectrogram`: the vocoder's analysis transform, which is also the DCAE's input: reflect pad
   (n_fft - hop)/2 each side, STFT without centering in fp32, magnitude sqrt(re² + im² + 1e-6), mel, log(clamp(1e-5)).
   With the pad it gives exactly T / hop frames for T a multiple of hop.
-- `resample`: band-limited sinc resampling (Hann-windowed sinc, zero-padded edges), numerically the same filter as
-  `torchaudio.functional.resample` with its defaults, for any pair of integer rates, evaluated only on the taps that
-  are non-zero and in bounded-size chunks along time, so long inputs and awkward rate pairs stay cheap.
+- `resample`: band-limited sinc resampling (Hann-windowed sinc, zero-padded edges), the same filter values as
+  `torchaudio.functional.resample` with its defaults, for any pair of integer rates (reduced by their gcd). It is
+  evaluated in bounded-size chunks along time, and for rate pairs with many phases (e.g. 44101 → 44100, where
+  torchaudio's dense filter would need gigabytes) only on each output's non-zero taps.
 """
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ from .safetensors_file import (
 __all__ = [
     "AceStepModels", "CheckpointInfo", "COMPONENTS", "load_ace_step", "load_transformer", "load_vae",
     "load_text_encoder", "load_text_tokenizer", "inspect_checkpoint", "infer_configs", "file_layout_shapes",
+    "route_key", "describe_foreign", "build_empty",
     "CheckpointError", "CheckpointNotFoundError", "UnsafeCheckpointError", "CorruptCheckpointError",
     "UnsupportedCheckpointError", "CheckpointMismatchError", "WrongModelError",
 ]
@@ -49,26 +50,31 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer")
-# The networks behind the components: the VAE is two networks (DCAE + vocoder); the tokenizer is not a network.
-_NETWORKS_OF = {"transformer": ("transformer",), "vae": ("dcae", "vocoder"), "text_encoder": ("umt5",), "tokenizer": ()}
+# The network behind each component (the tokenizer is not a network). The VAE is one module, MusicVAE, whose state
+# dict holds the DCAE under `dcae.` and the vocoder under `vocoder.`.
+_NETWORK_OF = {"transformer": "transformer", "vae": "vae", "text_encoder": "umt5"}
 
-# Prefix of each network in the all-in-one file (what our modules' state-dict keys sit under).
-ALL_IN_ONE_PREFIX = {
-    "transformer": "model.diffusion_model.",
-    "dcae": "vae.dcae.",
-    "vocoder": "vae.vocoder.",
-    "umt5": "text_encoders.umt5base.",
-}
+# Where each network's keys sit in the all-in-one file (our modules' state-dict keys follow the prefix).
+ALL_IN_ONE_PREFIX = {"transformer": "model.diffusion_model.", "vae": "vae.", "umt5": "text_encoders.umt5base."}
 SPIECE_KEY = "text_encoders.spiece_model"
+ALL_IN_ONE_NAME = "ace_step_v1_3.5b.safetensors"
 
-# The original ACE-Step folder layout (HF ACE-Step/ACE-Step-v1-3.5B).
+# The original ACE-Step folder layout (HF ACE-Step/ACE-Step-v1-3.5B): part -> folder, file name, and how its bare
+# keys map into our networks (network, prefix added; None = UMT5's HF naming, mapped by _route_text).
 ORIGINAL_FOLDERS = {
     "transformer": "ace_step_transformer",
     "dcae": "music_dcae_f8c8",
     "vocoder": "music_vocoder",
     "umt5": "umt5-base",
 }
-ALL_IN_ONE_NAME = "ace_step_v1_3.5b.safetensors"
+ORIGINAL_FILES = {
+    "transformer": "diffusion_pytorch_model.safetensors",
+    "dcae": "diffusion_pytorch_model.safetensors",
+    "vocoder": "diffusion_pytorch_model.safetensors",
+    "umt5": "model.safetensors",
+}
+_FOLDER_ROUTE = {"transformer": ("transformer", ""), "dcae": ("vae", "dcae."), "vocoder": ("vae", "vocoder."),
+                 "umt5": ("umt5", None)}
 
 _TRANSFORMER_TOP = {
     "transformer_blocks", "lyric_encoder", "lyric_embs", "lyric_proj", "proj_in", "t_block", "timestep_embedder",
@@ -83,7 +89,7 @@ TINY_DEMO_METADATA_KEY = "ace_step_studio.tiny_demo"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The networks: lazily imported, so that this module imports even while a network module is broken.
+# The networks, imported lazily.
 
 @dataclass(frozen=True)
 class _Network:
@@ -100,14 +106,10 @@ def _network(kind: str) -> _Network:
 
         return _Network(kind, "diffusion transformer", m.TransformerConfig, m.ACEStepTransformer,
                         m.unused_checkpoint_shapes)
-    if kind == "dcae":
-        from . import dcae as m
+    if kind == "vae":
+        from . import music_vae as m
 
-        return _Network(kind, "music DCAE", m.DCAEConfig, m.MusicDCAE, m.unused_checkpoint_shapes)
-    if kind == "vocoder":
-        from . import vocoder as m
-
-        return _Network(kind, "vocoder", m.VocoderConfig, m.Vocoder, m.unused_checkpoint_shapes)
+        return _Network(kind, "music VAE (DCAE + vocoder)", m.MusicVAEConfig, m.MusicVAE, m.unused_checkpoint_shapes)
     if kind == "umt5":
         from . import umt5 as m
 
@@ -124,15 +126,15 @@ class CheckpointInfo:
 
     path: str
     layout: str  # "all-in-one", "folder" (original ACE-Step) or "split" (a single-component file)
-    files: dict[str, list[str]] = field(default_factory=dict)  # network -> files its weights came from
+    files: dict[str, list[str]] = field(default_factory=dict)  # network -> files its weights come from
     components: tuple = ()  # components present in the source
-    configs: dict = field(default_factory=dict)  # network -> inferred config
-    dtype: Optional[torch.dtype] = None
-    file_dtypes: dict[str, list[str]] = field(default_factory=dict)  # network -> stored dtypes seen
-    vocoder_weight_norm: Optional[str] = None  # "weight_g/weight_v", "parametrizations" or "fused"
+    configs: dict = field(default_factory=dict)  # network ("transformer", "vae", "umt5") -> inferred config
+    dtype: object = None  # as asked: a torch.dtype or {component: dtype}
+    file_dtypes: dict[str, list[str]] = field(default_factory=dict)  # network -> stored dtypes of what was read
+    vocoder_weight_norm: Optional[str] = None  # "weight_norm" (weight_g/_v), "parametrizations" or "fused"
     skipped: dict[str, int] = field(default_factory=dict)  # network -> training-only tensors skipped unread
     metadata: dict[str, str] = field(default_factory=dict)  # safetensors __metadata__ (merged over files)
-    config_json: dict[str, dict] = field(default_factory=dict)  # folder layout: each folder's config.json
+    config_json: dict[str, dict] = field(default_factory=dict)  # folder layout: each part's config.json
     tokenizer_source: Optional[str] = None
     warnings: list[str] = field(default_factory=list)
 
@@ -146,7 +148,7 @@ class CheckpointInfo:
 class AceStepModels:
     """The loaded networks (None where a component was not asked for) and how they were found."""
 
-    transformer: Optional[nn.Module]
+    transformer: Optional[nn.Module]  # ACEStepTransformer (with its lyric encoder)
     vae: Optional[nn.Module]  # MusicVAE (DCAE + vocoder)
     text_encoder: Optional[nn.Module]  # UMT5Encoder
     tokenizer: object  # UMT5Tokenizer or None
@@ -157,9 +159,9 @@ class AceStepModels:
 # Key routing: file key -> (network, key in our module's state dict)
 
 def route_key(key: str) -> Optional[tuple[str, str]]:
-    """The network a checkpoint key belongs to and its key there, for any accepted layout; None if unknown.
+    """The network a checkpoint key belongs to and its key in our module, for any accepted layout; None if unknown.
 
-    Networks: "transformer", "dcae", "vocoder", "umt5" and "spiece" (the tokenizer bytes).
+    Networks: "transformer", "vae" (keys `dcae.*`/`vocoder.*`), "umt5" and "spiece" (the tokenizer bytes).
     """
     for prefix in ("model.diffusion_model.", "diffusion_model."):
         if key.startswith(prefix):
@@ -175,28 +177,23 @@ def route_key(key: str) -> Optional[tuple[str, str]]:
         return _route_vae(key)
     if top in ("umt5base", "spiece_model", "transformer", "shared", "logit_scale", "lm_head"):
         return _route_text(key)
-    if top == "encoder":
-        # Bare `encoder.*`: the DCAE's half (original music_dcae folder) or HF UMT5's encoder stack.
-        if key.startswith(("encoder.block.", "encoder.final_layer_norm.", "encoder.embed_tokens.")):
-            return _route_text(key)
-        return "dcae", key
-    if top == "decoder":
-        if key.startswith(("decoder.block.", "decoder.final_layer_norm.", "decoder.embed_tokens.")):
-            return _route_text(key)
-        return "dcae", key
+    # Bare `encoder.*`/`decoder.*`: the DCAE's halves (original music_dcae folder) or HF UMT5's stacks.
+    if key.startswith(("encoder.block.", "encoder.final_layer_norm.", "encoder.embed_tokens.",
+                       "decoder.block.", "decoder.final_layer_norm.", "decoder.embed_tokens.")):
+        return _route_text(key)
+    if top in ("encoder", "decoder"):
+        return "vae", "dcae." + key
     return None
 
 
 def _route_vae(key: str) -> Optional[tuple[str, str]]:
     top = key.split(".", 1)[0]
-    if top == "dcae":
-        return "dcae", key[len("dcae."):]
-    if top == "vocoder":
-        return "vocoder", key[len("vocoder."):]
+    if top in ("dcae", "vocoder"):
+        return "vae", key
     if top in ("encoder", "decoder"):
-        return "dcae", key
+        return "vae", "dcae." + key
     if top in _VOCODER_TOP:
-        return "vocoder", key
+        return "vae", "vocoder." + key
     return None
 
 
@@ -217,7 +214,6 @@ def _route_text(key: str) -> Optional[tuple[str, str]]:
 
 def describe_foreign(keys: Iterable[str]) -> Optional[str]:
     """A short description if the keys belong to a known non-ACE-Step-v1 model family, else None."""
-    keys = list(keys)
     joined = "\n".join(keys)
     if any(m in joined for m in ("lora_A.", "lora_B.", "lora_up.", "lora_down.", ".lora.", "lora_unet_",
                                  "lora_te", "hada_w1", "lokr_w1", ".oft_", "lora_magnitude")):
@@ -236,31 +232,32 @@ def describe_foreign(keys: Iterable[str]) -> Optional[str]:
         return "this looks like an image VAE, not the ACE-Step music VAE"
     if "text_model.encoder.layers." in joined:
         return "this looks like a CLIP text encoder, not ACE-Step's UMT5"
-    if "encoder.block.0.layer.0.SelfAttention.q.weight" in joined and \
-            "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in joined and \
-            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in joined:
+    if ("block.0.layer.0.SelfAttention.relative_attention_bias.weight" in joined
+            and "block.1.layer.0.SelfAttention.relative_attention_bias.weight" not in joined
+            and "block.1.layer.0.SelfAttention.q.weight" in joined):
         return ("this looks like a T5 text encoder (one position-bias table shared by all layers), not UMT5, "
                 "which has one per layer: ACE-Step v1 needs umt5-base")
     return None
 
 
 def _foreign_error(path, keys, fallback: str = "") -> WrongModelError:
+    keys = list(keys)
     what = describe_foreign(keys)
     if what is None:
         sample = ", ".join(sorted(keys)[:5])
-        what = fallback or f"no ACE-Step v1 weights were recognised in it (first keys: {sample})"
+        what = fallback or f"no ACE-Step v1 weights were recognised in it (first keys: {sample or 'none'})"
     return WrongModelError(path, what + ".",
-                           "Use ComfyUI's ace_step_v1_3.5b.safetensors or the original ACE-Step-v1-3.5B folder.")
+                           f"Use ComfyUI's {ALL_IN_ONE_NAME} or the original ACE-Step-v1-3.5B folder.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Sources
+# Sources: which file and key each tensor of each network comes from
 
 @dataclass
 class _Ref:
-    source: object  # SafetensorsFile or anything with .path, .read(key, dtype), .entry-free shapes
+    source: object  # SafetensorsFile, or anything with .path and .read(key, dtype)
     key: str
-    shape: tuple
+    shape: Optional[tuple]
 
 
 class _Plan:
@@ -270,15 +267,14 @@ class _Plan:
         self.groups: dict[str, dict[str, _Ref]] = {}
         self.files: dict[str, list[str]] = {}
 
-    def add_source(self, source, shapes: Mapping[str, tuple], only: Optional[str] = None):
-        """Routes every key of `source`. `only`: the network this file must hold (folder layout)."""
+    def add_source(self, source, shapes: Mapping[str, Optional[Sequence[int]]], part: Optional[str] = None):
+        """Routes every key of `source`; `part`: the original folder this file came from (bare keys)."""
         path = getattr(source, "path", "<tensors>")
+        if describe_foreign(shapes):  # a LoRA, an image model...: say so rather than list its keys
+            raise _foreign_error(path, shapes)
         unknown = []
         for key, shape in shapes.items():
-            routed = route_key(key)
-            if routed is not None and only is not None and routed[0] != only:
-                # A bare key such as `encoder.conv_in.weight` may route elsewhere; in a folder the folder decides.
-                routed = (only, key) if only != "umt5" else _route_text(key) or (only, key)
+            routed = _route_in_folder(key, part) if part else route_key(key)
             if routed is None:
                 unknown.append(key)
                 continue
@@ -295,19 +291,39 @@ class _Plan:
             if str(path) not in files:
                 files.append(str(path))
         if unknown:
-            foreign = describe_foreign(shapes)
-            if foreign or len(unknown) == len(shapes):
+            if len(unknown) == len(shapes):
                 raise _foreign_error(path, shapes)
             raise CheckpointMismatchError(
                 path, f"{len(unknown)} tensors belong to no part of ACE-Step v1: {_listing(unknown)}.",
-                "Is this file an ACE-Step v1 checkpoint? Remove the extra tensors or use the original file.",
+                "Is this an ACE-Step v1 checkpoint? Remove the extra tensors or use the original file.",
             )
+
+
+def _route_in_folder(key: str, part: str) -> Optional[tuple[str, str]]:
+    net, prefix = _FOLDER_ROUTE[part]
+    if prefix is None:
+        return _route_text(key)
+    return net, prefix + key
 
 
 def _listing(names: Sequence[str], limit: int = 10) -> str:
     names = sorted(names)
     shown = ", ".join(names[:limit])
     return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _file_key(local: str, group: Mapping[str, _Ref]) -> str:
+    """How a (missing) module key would be spelled in the file, guessed from a sibling tensor's spelling."""
+    top = local.split(".", 1)[0]
+    for sib_local, ref in group.items():
+        if sib_local.split(".", 1)[0] != top:
+            continue
+        if ref.key.endswith(sib_local):
+            return ref.key[: len(ref.key) - len(sib_local)] + local
+        rest = sib_local.split(".", 1)[-1]
+        if ref.key.endswith(rest):
+            return ref.key[: len(ref.key) - len(rest)] + local.split(".", 1)[-1]
+    return local
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -322,6 +338,7 @@ def _parameters_on_meta():
 
     Unlike `with torch.device("meta")`, buffers that constructors compute (window functions, filterbanks) stay
     real CPU tensors, so nothing a module computes for itself is lost; parameters cost nothing until loaded.
+    (Patches nn.Module.register_parameter for the duration, under a lock.)
     """
     original = nn.Module.register_parameter
 
@@ -339,7 +356,7 @@ def _parameters_on_meta():
 
 
 def build_empty(kind: str, config) -> nn.Module:
-    """The network `kind` for `config`, parameters on meta (shapes only), buffers computed on CPU."""
+    """The network `kind` ("transformer", "vae", "umt5") for `config`, parameters on meta (shapes only)."""
     with _parameters_on_meta():
         return _network(kind).model_cls(config)
 
@@ -349,55 +366,52 @@ def _state_shapes(model: nn.Module) -> dict[str, tuple]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Vocoder weight norm: three spellings of the same convolution weight.
+# Vocoder weight norm: three spellings of the same convolution weight (names as vocoder.checkpoint_shapes).
 
 _WN_FORMS = {
-    "weight_g/weight_v": (".weight_g", ".weight_v"),
+    "weight_norm": (".weight_g", ".weight_v"),
     "parametrizations": (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
 }
 
 
 def _fold_weight_norm(group: dict[str, _Ref], path) -> tuple[dict[str, _Ref], dict[str, tuple[_Ref, _Ref]], str]:
-    """Renames weight-norm pairs (g, v) to the fused key `<conv>.weight` (whose shape is v's).
+    """Renames weight-norm pairs (g, v) to the fused module key `<conv>.weight`, whose shape is v's.
 
-    Returns (group with fused keys, {fused key: (g ref, v ref)}, the form found).
+    Returns (group with fused keys, {fused key: (g ref, v ref)}, the form found: "weight_norm",
+    "parametrizations" or "fused").
     """
     out, pairs, forms = {}, {}, set()
     pending: dict[str, dict[str, _Ref]] = {}
     for key, ref in group.items():
-        for form, (g_suffix, v_suffix) in _WN_FORMS.items():
-            for part, suffix in (("g", g_suffix), ("v", v_suffix)):
-                if key.endswith(suffix):
-                    base = key[: -len(suffix)]
-                    pending.setdefault(base, {})[part] = ref
-                    forms.add(form)
-                    break
-            else:
-                continue
-            break
+        for form, suffixes in _WN_FORMS.items():
+            hit = next(((part, s) for part, s in zip("gv", suffixes) if key.endswith(s)), None)
+            if hit:
+                pending.setdefault(key[: -len(hit[1])], {})[hit[0]] = ref
+                forms.add(form)
+                break
         else:
             out[key] = ref
     for base, parts in pending.items():
         if set(parts) != {"g", "v"}:
             have = next(iter(parts.values())).key
-            raise CheckpointMismatchError(
-                path, f"weight-norm tensor {have!r} has no partner ({'magnitude g' if 'v' in parts else 'direction v'}"
-                " missing).", "The file is incomplete: download it again.",
-            )
-        out[base + ".weight"] = _Ref(parts["v"].source, parts["v"].key, parts["v"].shape)
+            lacking = "magnitude (g)" if "v" in parts else "direction (v)"
+            raise CheckpointMismatchError(path, f"weight-norm tensor {have!r} has no partner: its {lacking} tensor "
+                                          "is missing.", "The file is incomplete: download it again.")
+        if base + ".weight" in out:
+            raise CheckpointMismatchError(path, f"{parts['v'].key!r} is stored both fused and weight-normed.",
+                                          "Keep one form.")
+        out[base + ".weight"] = parts["v"]
         pairs[base + ".weight"] = (parts["g"], parts["v"])
     if len(forms) > 1:
         raise CheckpointMismatchError(path, "the vocoder mixes two weight-norm spellings (weight_g/weight_v and "
                                       "parametrizations.weight.original0/1).", "Re-save the vocoder in one form.")
-    form = forms.pop() if forms else "fused"
-    return out, pairs, form
+    return out, pairs, (forms.pop() if forms else "fused")
 
 
 def _fuse(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    from . import vocoder
+    from .vocoder import fuse_weight_norm
 
-    fused = vocoder.fuse_weight_norm({"w.weight_g": g, "w.weight_v": v})
-    return fused["w.weight"]
+    return fuse_weight_norm({"w.weight_g": g, "w.weight_v": v})["w.weight"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -410,10 +424,11 @@ def _infer_config(kind: str, shapes: Mapping[str, tuple], path, overrides: Optio
             return net.config_cls.from_shapes(shapes, num_heads=overrides["num_heads"])
         return net.config_cls.from_shapes(shapes)
     except KeyError as e:
+        name = e.args[0] if e.args else "?"
         raise CheckpointMismatchError(
-            path, f"the {net.title} weights are incomplete: tensor {e.args[0]!r} (under "
-            f"{ALL_IN_ONE_PREFIX.get(kind, '')!r} in the all-in-one layout) is missing, so its size cannot be "
-            "determined.", "The file is incomplete or not ACE-Step v1: download it again.",
+            path, f"the {net.title} weights are incomplete: tensor {name!r} (under "
+            f"{ALL_IN_ONE_PREFIX[kind]!r} in the all-in-one layout) is missing, so its size cannot be determined.",
+            "The file is incomplete or not ACE-Step v1: download it again.",
         ) from None
     except (ValueError, IndexError, TypeError, StopIteration, ZeroDivisionError) as e:
         raise CheckpointMismatchError(
@@ -422,28 +437,44 @@ def _infer_config(kind: str, shapes: Mapping[str, tuple], path, overrides: Optio
         ) from None
 
 
-def infer_configs(shapes: Mapping[str, Sequence[int]]) -> dict:
-    """network -> config inferred from a checkpoint's key -> shape mapping (any accepted layout, no data read)."""
+class _ShapesOnly:
+    """A source that has shapes but no data (config inference from a key list)."""
+
+    path = "<shapes>"
+
+    def read(self, key, dtype=None):
+        raise RuntimeError("shapes only")
+
+
+def infer_configs(shapes: Mapping[str, Optional[Sequence[int]]]) -> dict:
+    """network -> config, inferred from a checkpoint's key -> shape mapping (any accepted layout, nothing read)."""
     plan = _Plan()
-    plan.add_source(_ShapesOnly(shapes), shapes)
+    plan.add_source(_ShapesOnly(), shapes)
     configs = {}
     for kind, group in plan.groups.items():
         if kind == "spiece":
             continue
-        if kind == "vocoder":
+        group, _ = _normalise_group(kind, group, None)
+        if kind == "vae":
             group, _, _ = _fold_weight_norm(group, "<shapes>")
         configs[kind] = _infer_config(kind, {k: r.shape for k, r in group.items()}, "<shapes>")
     return configs
 
 
-class _ShapesOnly:
-    path = "<shapes>"
-
-    def __init__(self, shapes):
-        self.shapes = shapes
-
-    def read(self, key, dtype=None):
-        raise RuntimeError("shapes only")
+def _normalise_group(kind: str, group: dict[str, _Ref], info: Optional[CheckpointInfo]):
+    """UMT5 from HF or full T5 files: use `shared.weight` over its tied copy, drop the decoder half."""
+    if kind != "umt5":
+        return group, 0
+    group = dict(group)
+    if _TIED_EMBEDDING in group:
+        tied = group.pop(_TIED_EMBEDDING)  # never read
+        group.setdefault("transformer.shared.weight", tied)
+    decoder = [k for k in group if k.startswith(_T5_DECODER_PREFIXES)]
+    for k in decoder:
+        del group[k]
+    if decoder and info is not None:
+        info.warnings.append(f"skipped {len(decoder)} UMT5 decoder tensors (ACE-Step uses the encoder only)")
+    return group, len(decoder)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -452,30 +483,19 @@ class _ShapesOnly:
 def _load_network(kind: str, group: dict[str, _Ref], dtype: torch.dtype, device, info: CheckpointInfo,
                   overrides: Optional[dict] = None) -> nn.Module:
     net = _network(kind)
-    path = info.files.get(kind, [info.path])[0] if info.files.get(kind) else info.path
-    prefix = ALL_IN_ONE_PREFIX[kind] if info.layout == "all-in-one" else ""
+    path = (info.files.get(kind) or [info.path])[0]
+    group, skipped = _normalise_group(kind, group, info)
     pairs: dict[str, tuple[_Ref, _Ref]] = {}
-    if kind == "vocoder":
+    if kind == "vae":
         group, pairs, info.vocoder_weight_norm = _fold_weight_norm(group, path)
-    if kind == "umt5" and _TIED_EMBEDDING in group:
-        # HF saves the embedding twice (shared + encoder.embed_tokens, tied). Use shared; the copy is never read.
-        tied = group.pop(_TIED_EMBEDDING)
-        if "transformer.shared.weight" not in group:
-            group["transformer.shared.weight"] = tied
-    skipped_decoder = [k for k in group if k.startswith(_T5_DECODER_PREFIXES)]
-    for k in skipped_decoder:
-        del group[k]
-    if skipped_decoder:
-        info.warnings.append(f"{len(skipped_decoder)} UMT5 decoder tensors skipped (ACE-Step uses the encoder only)")
 
-    shapes = {k: r.shape for k, r in group.items()}
-    config = _infer_config(kind, shapes, path, overrides)
+    config = _infer_config(kind, {k: r.shape for k, r in group.items()}, path, overrides)
     info.configs[kind] = config
     model = build_empty(kind, config)
     expected = _state_shapes(model)
-    unused = {k: tuple(s) for k, s in net.unused_shapes(config).items()}
+    unused = set(net.unused_shapes(config))
 
-    missing = [prefix + k for k in expected if k not in group]
+    missing = [_file_key(k, group) for k in expected if k not in group]
     wrong = [f"{group[k].key} {list(group[k].shape)} (expected {list(s)})"
              for k, s in expected.items() if k in group and group[k].shape != s]
     unexpected = [group[k].key for k in group if k not in expected and k not in unused]
@@ -489,33 +509,28 @@ def _load_network(kind: str, group: dict[str, _Ref], dtype: torch.dtype, device,
         problems.append(f"{len(unexpected)} tensors are not part of the {net.title}: {_listing(unexpected)}"
                         + (f" ({hint})" if hint else ""))
     if problems:
-        raise CheckpointMismatchError(
-            path, f"these weights do not fit the {net.title} inferred from them: " + "; ".join(problems) + ".",
-            "The file is incomplete, modified or not ACE-Step v1: use the original ace_step_v1_3.5b.safetensors "
-            "or the ACE-Step-v1-3.5B folder.",
+        cls = WrongModelError if unexpected and describe_foreign(unexpected) else CheckpointMismatchError
+        raise cls(
+            path, f"these weights do not fit the {net.title} their shapes describe: " + "; ".join(problems) + ".",
+            f"The file is incomplete, modified or not ACE-Step v1: use the original {ALL_IN_ONE_NAME} or the "
+            "ACE-Step-v1-3.5B folder.",
         )
-    info.skipped[kind] = sum(1 for k in group if k in unused)
+    info.skipped[kind] = skipped + sum(1 for k in group if k in unused)
 
-    # Read what the model uses, file by file in file order; training-only tensors are never read.
-    state = {}
-    stored = set()
-    by_source: dict[int, list[str]] = {}
-    for k in expected:
-        by_source.setdefault(id(group[k].source), []).append(k)
-    for keys in by_source.values():
-        keys.sort(key=lambda k: _offset(group[k]))
-        for k in keys:
-            ref = group[k]
-            if k in pairs:
-                g_ref, v_ref = pairs[k]
-                # Fuse in fp32, then round once to the target dtype.
-                g, v = g_ref.source.read(g_ref.key, torch.float32), v_ref.source.read(v_ref.key, torch.float32)
-                stored.add(_dtype_name(g_ref))
-                t = _fuse(g, v).to(dtype)
-            else:
-                t = ref.source.read(ref.key, dtype)
-            stored.add(_dtype_name(ref))
-            state[k] = t.to(device) if device is not None else t
+    # Read what the model uses, in file order; the training-only tensors are never read.
+    state, stored = {}, set()
+    for k in sorted(expected, key=lambda k: (str(group[k].source.path), _offset(group[k]))):
+        ref = group[k]
+        if k in pairs:
+            g_ref, v_ref = pairs[k]
+            # Fuse in fp32, then round once to the target dtype.
+            t = _fuse(g_ref.source.read(g_ref.key, torch.float32), v_ref.source.read(v_ref.key, torch.float32))
+            t = t.to(dtype)
+            stored.add(_dtype_name(g_ref))
+        else:
+            t = ref.source.read(ref.key, dtype)
+        stored.add(_dtype_name(ref))
+        state[k] = t if device is None else t.to(device)
     info.file_dtypes[kind] = sorted(x for x in stored if x)
 
     model.load_state_dict(state, strict=True, assign=True)
@@ -544,9 +559,9 @@ def _dtype_name(ref: _Ref) -> Optional[str]:
 
 @dataclass
 class _Found:
-    layout: str
+    layout: str  # "single" (one file) or "folder"
     root: Path
-    files: dict[str, list[Path]]  # network -> safetensors files ("*" for a single file holding anything)
+    files: dict[str, list[Path]]  # folder part -> safetensors files; "*" for a single file
     tokenizer_files: list[Path] = field(default_factory=list)
     config_json: dict[str, dict] = field(default_factory=dict)
 
@@ -568,19 +583,16 @@ def _find_original_root(path: Path, depth: int = 4) -> Optional[Path]:
         return path
     if depth == 0:
         return None
-    found = []
     try:
-        children = [c for c in path.iterdir() if c.is_dir() and not c.name.startswith(".")]
+        children = sorted(c for c in path.iterdir() if c.is_dir() and not c.name.startswith("."))
     except OSError:
         return None
-    for child in children:
-        root = _find_original_root(child, depth - 1)
-        if root is not None:
-            found.append(root)
+    found = [r for r in (_find_original_root(c, depth - 1) for c in children) if r is not None]
     if not found:
         return None
-    return max(found, key=lambda p: (p / ORIGINAL_FOLDERS["transformer"]).stat().st_mtime
-               if (p / ORIGINAL_FOLDERS["transformer"]).exists() else 0)
+    # Several snapshots (HF cache): the newest.
+    return max(found, key=lambda p: max((p / n).stat().st_mtime for n in ORIGINAL_FOLDERS.values()
+                                        if (p / n).exists()))
 
 
 def _find(path) -> _Found:
@@ -592,106 +604,119 @@ def _find(path) -> _Found:
     root = _find_original_root(path)
     if root is not None:
         files, configs = {}, {}
-        for net, name in ORIGINAL_FOLDERS.items():
+        for part, name in ORIGINAL_FOLDERS.items():
             folder = root / name
             if not folder.is_dir():
                 continue
-            files[net] = _folder_safetensors(folder)
+            files[part] = _folder_safetensors(folder)
             cfg = folder / "config.json"
             if cfg.is_file():
                 try:
-                    configs[net] = json.loads(cfg.read_text(encoding="utf-8"))
+                    configs[part] = json.loads(cfg.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as e:
-                    configs[net] = {"_unreadable": str(e)}
-        tok = [p for p in (root / ORIGINAL_FOLDERS["umt5"] / "tokenizer.json",
-                           root / ORIGINAL_FOLDERS["umt5"] / "spiece.model") if p.is_file()]
+                    configs[part] = {"_unreadable": str(e)}
+        umt5 = root / ORIGINAL_FOLDERS["umt5"]
+        tok = [p for p in (umt5 / "tokenizer.json", umt5 / "spiece.model") if p.is_file()]
         return _Found("folder", root, files, tok, configs)
     single = path / ALL_IN_ONE_NAME
     candidates = [single] if single.is_file() else sorted(path.glob("*.safetensors"))
     if len(candidates) == 1:
         return _Found("single", path, {"*": candidates})
     raise CheckpointNotFoundError(
-        path, "found no ACE-Step v1 checkpoint here" + (f" (it holds {len(candidates)} .safetensors files; pass one)"
+        path, "found no ACE-Step v1 checkpoint here" + (f" (it holds {len(candidates)} .safetensors files: pass one)"
                                                          if candidates else "") + ".",
         f"Pass {ALL_IN_ONE_NAME} (ComfyUI's all-in-one file), a split component file, or the ACE-Step-v1-3.5B "
         f"folder holding {', '.join(ORIGINAL_FOLDERS.values())}.",
     )
 
 
-def _transformer_overrides(config_json: dict) -> dict:
-    """Heads are not readable from shapes: an original config.json that states them wins over the rule."""
-    heads = config_json.get("num_attention_heads")
-    return {"num_heads": int(heads)} if isinstance(heads, int) and heads > 0 else {}
+def _overrides(kind: str, found: _Found) -> Optional[dict]:
+    """Heads are not readable from the transformer's shapes: an original config.json that states them wins over
+    the head-width rule."""
+    if kind != "transformer":
+        return None
+    heads = found.config_json.get("transformer", {}).get("num_attention_heads")
+    return {"num_heads": heads} if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 else None
+
+
+def _open_plan(found: _Found, stack: contextlib.ExitStack) -> tuple[_Plan, dict]:
+    plan, metadata = _Plan(), {}
+    for part, paths in found.files.items():
+        for p in paths:
+            f = stack.enter_context(SafetensorsFile(p))
+            metadata.update(f.metadata)
+            plan.add_source(f, f.shapes(), part=None if part == "*" else part)
+    return plan, metadata
+
+
+def _vae_parts(plan: _Plan) -> set:
+    return {k.split(".", 1)[0] for k in plan.groups.get("vae", {})}
+
+
+def _components_present(plan: _Plan, found: _Found) -> tuple:
+    present = []
+    if "transformer" in plan.groups:
+        present.append("transformer")
+    if _vae_parts(plan) >= {"dcae", "vocoder"}:
+        present.append("vae")
+    if "umt5" in plan.groups:
+        present.append("text_encoder")
+    if "spiece" in plan.groups or found.tokenizer_files:
+        present.append("tokenizer")
+    return tuple(present)
+
+
+def _layout_name(found: _Found, present: tuple) -> str:
+    if found.layout == "folder":
+        return "folder"
+    return "all-in-one" if len([c for c in present if c != "tokenizer"]) >= 2 else "split"
+
+
+def _new_info(path, found: _Found, plan: _Plan, metadata: dict, dtype=None) -> CheckpointInfo:
+    present = _components_present(plan, found)
+    info = CheckpointInfo(str(path), _layout_name(found, present), files=plan.files, components=present,
+                          metadata=metadata, config_json=found.config_json, dtype=dtype)
+    for part, cfg in found.config_json.items():
+        if "_unreadable" in cfg:
+            info.warnings.append(f"{ORIGINAL_FOLDERS[part]}/config.json is unreadable ({cfg['_unreadable']}); "
+                                 "the config comes from the tensor shapes anyway")
+    return info
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Public API
 
-def _open_plan(found: _Found, stack: contextlib.ExitStack) -> tuple[_Plan, dict]:
-    plan, metadata = _Plan(), {}
-    for net, paths in found.files.items():
-        for p in paths:
-            f = stack.enter_context(SafetensorsFile(p))
-            metadata.update(f.metadata)
-            shapes = f.shapes()
-            if found.layout == "folder":
-                plan.add_source(f, shapes, only=net)
-            else:
-                plan.add_source(f, shapes)
-    return plan, metadata
-
-
-def _components_present(plan: _Plan, found: _Found) -> tuple:
-    nets = set(plan.groups)
-    present = [c for c in ("transformer", "vae", "text_encoder")
-               if all(n in nets for n in _NETWORKS_OF[c])]
-    if "spiece" in nets or found.tokenizer_files:
-        present.append("tokenizer")
-    return tuple(present)
-
-
-def _layout_name(found: _Found, plan: _Plan) -> str:
-    if found.layout == "folder":
-        return "folder"
-    f = found.files["*"][0]
-    try:
-        with SafetensorsFile(f) as sf:
-            keys = sf.keys()
-    except CheckpointError:
-        return "split"
-    return "all-in-one" if any(k.startswith("model.diffusion_model.") for k in keys) and \
-        any(k.startswith("vae.") for k in keys) else "split"
-
-
 def inspect_checkpoint(path) -> CheckpointInfo:
-    """What a checkpoint holds (components, layout, configs, metadata) from its headers alone."""
+    """What a checkpoint holds (components, layout, configs, metadata), from its headers alone."""
     found = _find(path)
     with contextlib.ExitStack() as stack:
         plan, metadata = _open_plan(found, stack)
-        info = CheckpointInfo(str(path), _layout_name(found, plan), files=plan.files, metadata=metadata,
-                              config_json=found.config_json)
-        info.components = _components_present(plan, found)
+        info = _new_info(path, found, plan, metadata)
         for kind, group in plan.groups.items():
             if kind == "spiece":
                 continue
-            g = group
-            if kind == "vocoder":
-                g, _, info.vocoder_weight_norm = _fold_weight_norm(group, path)
-            over = _transformer_overrides(found.config_json.get("transformer", {})) if kind == "transformer" else None
-            with contextlib.suppress(CheckpointError, ImportError, AttributeError):
-                info.configs[kind] = _infer_config(kind, {k: r.shape for k, r in g.items()}, path, over)
+            group, _ = _normalise_group(kind, group, None)
+            if kind == "vae":
+                group, _, info.vocoder_weight_norm = _fold_weight_norm(group, path)
+            with contextlib.suppress(CheckpointError):
+                info.configs[kind] = _infer_config(kind, {k: r.shape for k, r in group.items()}, path,
+                                                   _overrides(kind, found))
     return info
 
 
-def load_ace_step(path, dtype: torch.dtype = torch.bfloat16, components: Iterable[str] = COMPONENTS,
+def load_ace_step(path, dtype=torch.bfloat16, components: Iterable[str] = COMPONENTS,
                   device=None) -> AceStepModels:
     """Loads ACE-Step v1 from an all-in-one file, the original folder, or a split component file.
 
-    dtype: floating-point weights are converted to it, tensor by tensor (the tokenizer bytes stay uint8).
-    components: any of "transformer", "vae", "text_encoder", "tokenizer"; the others are not read at all.
-    device: where the weights go (default CPU).
-    Raises a CheckpointError subclass, whose message names the file, the problem and the fix.
+    dtype: floating-point weights are converted to it, tensor by tensor (the tokenizer bytes stay uint8); either
+    one dtype or a mapping per component, e.g. {"transformer": torch.bfloat16, "vae": torch.float32} (components
+    not in the mapping get bf16).
+    components: any of "transformer", "vae", "text_encoder", "tokenizer"; tensors of the others are not read.
+    device: where the weights go (default: CPU).
+    Raises a CheckpointError subclass whose message names the file, the problem and the fix.
     """
+    if isinstance(components, str):
+        components = (components,)
     components = tuple(components)
     bad = [c for c in components if c not in COMPONENTS]
     if bad:
@@ -699,61 +724,44 @@ def load_ace_step(path, dtype: torch.dtype = torch.bfloat16, components: Iterabl
     found = _find(path)
     with contextlib.ExitStack() as stack:
         plan, metadata = _open_plan(found, stack)
-        info = CheckpointInfo(str(path), _layout_name(found, plan), files=plan.files, metadata=metadata,
-                              config_json=found.config_json, dtype=dtype)
-        info.components = _components_present(plan, found)
+        dtypes = {c: (dtype.get(c, torch.bfloat16) if isinstance(dtype, Mapping) else dtype) for c in COMPONENTS}
+        info = _new_info(path, found, plan, metadata, dtype)
         missing = [c for c in components if c not in info.components]
         if missing:
-            raise _missing_components_error(path, found, plan, missing, info.components)
-        _check_config_json(found, info)
-
+            raise _missing_components_error(path, plan, missing, info.components)
         nets = {}
         for comp in components:
-            for kind in _NETWORKS_OF[comp]:
-                over = _transformer_overrides(found.config_json.get("transformer", {})) \
-                    if kind == "transformer" else None
-                nets[kind] = _load_network(kind, plan.groups[kind], dtype, device, info, over)
-        vae = None
-        if "vae" in components:
-            from .music_vae import MusicVAE
-
-            vae = MusicVAE(nets["dcae"], nets["vocoder"])
-            if device is not None:
-                vae.to(device)
-            vae.eval().requires_grad_(False)
+            if comp in _NETWORK_OF:
+                kind = _NETWORK_OF[comp]
+                nets[comp] = _load_network(kind, plan.groups[kind], dtypes[comp], device, info,
+                                           _overrides(kind, found))
         tokenizer = _load_tokenizer(plan, found, info) if "tokenizer" in components else None
-    return AceStepModels(nets.get("transformer"), vae, nets.get("umt5"), tokenizer, info)
+    for warning in info.warnings:
+        log.warning("%s: %s", path, warning)
+    return AceStepModels(nets.get("transformer"), nets.get("vae"), nets.get("text_encoder"), tokenizer, info)
 
 
-def _missing_components_error(path, found: _Found, plan: _Plan, missing, present) -> CheckpointError:
-    where = {
-        "transformer": "model.diffusion_model.* / ace_step_transformer/ / a diffusion_models file",
-        "vae": "vae.dcae.* + vae.vocoder.* / music_dcae_f8c8/ + music_vocoder/ / a vae file",
-        "text_encoder": "text_encoders.umt5base.* / umt5-base/ / a text_encoders file",
-        "tokenizer": "text_encoders.spiece_model / umt5-base/tokenizer.json",
-    }
-    if not present and not plan.groups:
+def _missing_components_error(path, plan: _Plan, missing, present) -> CheckpointError:
+    if not plan.groups:
         return _foreign_error(path, [])
-    partial = []
-    for c in missing:
-        nets = _NETWORKS_OF[c]
-        have = [n for n in nets if n in plan.groups]
-        if have and len(have) < len(nets):
-            partial.append(f"{c} is only partly there ({', '.join(have)} without "
-                           f"{', '.join(n for n in nets if n not in plan.groups)})")
+    where = {
+        "transformer": f"{ALL_IN_ONE_PREFIX['transformer']}* (all-in-one), ace_step_transformer/ (folder) or a "
+                       "diffusion_models file",
+        "vae": "vae.dcae.* and vae.vocoder.* (all-in-one), music_dcae_f8c8/ and music_vocoder/ (folder) or a vae file",
+        "text_encoder": f"{ALL_IN_ONE_PREFIX['umt5']}* (all-in-one), umt5-base/ (folder) or a text_encoders file",
+        "tokenizer": f"{SPIECE_KEY} (all-in-one), umt5-base/tokenizer.json (folder) or a text_encoders file with "
+                     "spiece_model",
+    }
+    partial = ""
+    if "vae" in missing and _vae_parts(plan):
+        have = sorted(_vae_parts(plan))
+        partial = f"; the VAE is only partly there ({', '.join(have)} without " \
+                  f"{', '.join(p for p in ('dcae', 'vocoder') if p not in have)})"
     return CheckpointNotFoundError(
-        path, f"has no {', '.join(missing)} weights (it holds: {', '.join(present) or 'nothing usable'})"
-        + (f"; {'; '.join(partial)}" if partial else "") + ".",
-        "Expected: " + "; ".join(f"{c}: {where[c]}" for c in missing)
-        + ". Load that component from its own file, or ask only for the components this file has.",
+        path, f"has no {', '.join(missing)} weights (it holds: {', '.join(present) or 'nothing usable'}){partial}.",
+        "Expected " + "; ".join(f"{c}: {where[c]}" for c in missing)
+        + ". Load that component from its own file, or ask only for the components this one has.",
     )
-
-
-def _check_config_json(found: _Found, info: CheckpointInfo):
-    for net, cfg in found.config_json.items():
-        if "_unreadable" in cfg:
-            info.warnings.append(f"{ORIGINAL_FOLDERS[net]}/config.json is unreadable ({cfg['_unreadable']}); "
-                                 "the config comes from the tensor shapes anyway")
 
 
 def _load_tokenizer(plan: _Plan, found: _Found, info: CheckpointInfo):
@@ -762,6 +770,8 @@ def _load_tokenizer(plan: _Plan, found: _Found, info: CheckpointInfo):
     spiece = plan.groups.get("spiece", {}).get("spiece_model")
     if spiece is not None:
         data = spiece.source.read(spiece.key)
+        if data.dtype == torch.int8:
+            data = data.view(torch.uint8)  # bytes all the same
         if data.dtype != torch.uint8 or data.dim() != 1:
             raise CheckpointMismatchError(spiece.source.path, f"tensor {spiece.key!r} should be the SentencePiece "
                                           f"model as 1-D uint8 bytes, not {data.dtype} {list(data.shape)}.",
@@ -774,14 +784,20 @@ def _load_tokenizer(plan: _Plan, found: _Found, info: CheckpointInfo):
                                          f"load ({e}).", "Download the file again.") from None
     for p in found.tokenizer_files:
         info.tokenizer_source = str(p)
-        try:
-            if p.suffix == ".json":
-                return UMT5Tokenizer.from_tokenizer_json(p)
-            return UMT5Tokenizer.from_spiece_model(p.read_bytes())
-        except Exception as e:
-            raise CorruptCheckpointError(p, f"the tokenizer does not load ({e}).", "Download it again.") from None
-    raise CheckpointNotFoundError(found.root, "found no UMT5 tokenizer.", "Expected text_encoders.spiece_model "
-                                  "in the checkpoint or umt5-base/tokenizer.json in the folder.")
+        return _tokenizer_from_file(p)
+    raise CheckpointNotFoundError(found.root, "found no UMT5 tokenizer.", f"Expected {SPIECE_KEY} in the "
+                                  "checkpoint or umt5-base/tokenizer.json in the folder.")
+
+
+def _tokenizer_from_file(p: Path):
+    from .text_tokenizer import UMT5Tokenizer
+
+    try:
+        if p.suffix == ".json":
+            return UMT5Tokenizer.from_tokenizer_json(p)
+        return UMT5Tokenizer.from_spiece_model(p.read_bytes())
+    except Exception as e:
+        raise CorruptCheckpointError(p, f"the tokenizer does not load ({e}).", "Download it again.") from None
 
 
 def load_transformer(path, dtype: torch.dtype = torch.bfloat16, device=None) -> nn.Module:
@@ -800,16 +816,10 @@ def load_text_encoder(path, dtype: torch.dtype = torch.float32, device=None) -> 
 
 
 def load_text_tokenizer(path):
-    """The UMT5 tokenizer: from a checkpoint's spiece_model, a tokenizer.json, an spiece.model or the folder."""
+    """The UMT5 tokenizer from a checkpoint's spiece_model, a tokenizer.json, an spiece.model, or the folder."""
     p = Path(path)
-    if p.is_file() and p.suffix == ".json":
-        from .text_tokenizer import UMT5Tokenizer
-
-        return UMT5Tokenizer.from_tokenizer_json(p)
-    if p.is_file() and p.suffix == ".model":
-        from .text_tokenizer import UMT5Tokenizer
-
-        return UMT5Tokenizer.from_spiece_model(p.read_bytes())
+    if p.is_file() and p.suffix in (".json", ".model"):
+        return _tokenizer_from_file(p)
     return load_ace_step(path, components=("tokenizer",)).tokenizer
 
 
@@ -817,32 +827,37 @@ def load_text_tokenizer(path):
 # The file layout our modules correspond to (for the tiny-checkpoint writer and the key-list test)
 
 def file_layout_shapes(configs: Mapping[str, object], layout: str = "all-in-one",
-                       vocoder_variant: str = "weight_g") -> dict[str, dict[str, tuple]]:
-    """file name -> {key: shape} of a checkpoint written for these configs: our module keys plus the unused
-    (training-only) ones, the vocoder in the given weight-norm form. Built on meta: costs nothing at full size.
+                       vocoder_variant: str = "weight_norm") -> dict[str, dict[str, tuple]]:
+    """file -> {key: shape} of a checkpoint for these configs ({"transformer"|"vae"|"umt5": config}): our module
+    keys plus the unused (training-only, derived) ones, the vocoder in the given weight-norm form
+    ("weight_norm", "parametrizations" or "fused"). Built on meta: free at full size.
 
-    layout "all-in-one": {"": {prefixed key: shape}} (spiece_model not included: its length is data-dependent).
-    layout "folder": {"ace_step_transformer/diffusion_pytorch_model.safetensors": {...}, ...} with HF UMT5 naming.
+    layout "all-in-one": {ALL_IN_ONE_NAME: {prefixed key: shape}} (without spiece_model: its length depends on data).
+    layout "folder": {"ace_step_transformer/diffusion_pytorch_model.safetensors": {...}, ...}, HF UMT5 naming.
     """
-    from . import vocoder
+    from . import music_vae
 
     per_net: dict[str, dict[str, tuple]] = {}
     for kind, config in configs.items():
-        if kind == "vocoder":
-            shapes = {k: tuple(v) for k, v in vocoder.checkpoint_shapes(config, vocoder_variant).items()}
+        if kind == "vae":
+            shapes = dict(music_vae.checkpoint_shapes(config, vocoder_variant))
         else:
             shapes = _state_shapes(build_empty(kind, config))
-            shapes.update({k: tuple(v) for k, v in _network(kind).unused_shapes(config).items()})
-        per_net[kind] = shapes
+            shapes.update(_network(kind).unused_shapes(config))
+        per_net[kind] = {k: tuple(v) for k, v in shapes.items()}
     if layout == "all-in-one":
-        return {"": {ALL_IN_ONE_PREFIX[k] + key: s for k, shapes in per_net.items() for key, s in shapes.items()}}
-    if layout == "folder":
-        out = {}
-        for kind, shapes in per_net.items():
-            name = "model.safetensors" if kind == "umt5" else "diffusion_pytorch_model.safetensors"
-            if kind == "umt5":
-                # HF UMT5EncoderModel naming: no `transformer.` level, no CLIP-style logit_scale.
-                shapes = {k[len("transformer."):]: s for k, s in shapes.items() if k.startswith("transformer.")}
-            out[f"{ORIGINAL_FOLDERS[kind]}/{name}"] = shapes
-        return out
-    raise ValueError(f"unknown layout {layout!r}")
+        return {ALL_IN_ONE_NAME: {ALL_IN_ONE_PREFIX[kind] + key: s
+                                  for kind, shapes in per_net.items() for key, s in shapes.items()}}
+    if layout != "folder":
+        raise ValueError(f"unknown layout {layout!r}")
+    out = {}
+    for part, (net, prefix) in _FOLDER_ROUTE.items():
+        if net not in per_net:
+            continue
+        shapes = per_net[net]
+        if prefix is None:  # HF UMT5EncoderModel naming: no `transformer.` level, no CLIP-style logit_scale
+            shapes = {k[len("transformer."):]: s for k, s in shapes.items() if k.startswith("transformer.")}
+        else:
+            shapes = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
+        out[f"{ORIGINAL_FOLDERS[part]}/{ORIGINAL_FILES[part]}"] = shapes
+    return out

@@ -177,9 +177,8 @@ class SafetensorsFile:
     # -- header ---------------------------------------------------------------------------------------------------
 
     def _corrupt(self, problem: str, fix: str = ""):
-        raise CorruptCheckpointError(
-            self.path, problem, fix or "The file is damaged or was not written by a safetensors writer: download it again."
-        )
+        fix = fix or "The file is damaged or was not written by a safetensors writer: download it again."
+        raise CorruptCheckpointError(self.path, problem, fix)
 
     def _parse_header(self, max_header_bytes: int):
         f = self._file

@@ -1,4 +1,8 @@
 """The pack's ComfyUI nodes: thin translations between ComfyUI types and the `ace_step` core."""
+from .guidance import TonemapReinhard
+from .latent import AudioToLatent, EmptyLatentAudio, LatentToAudio
+from .loader import CheckpointLoader
 from .save_audio import SaveAudio
+from .text import TextEncode
 
-NODES = [SaveAudio]
+NODES = [CheckpointLoader, EmptyLatentAudio, TextEncode, TonemapReinhard, AudioToLatent, LatentToAudio, SaveAudio]

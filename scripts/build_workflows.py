@@ -95,20 +95,85 @@ def to_ui(wf: Workflow) -> dict:
             "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 400]}}, "version": 0.4}
 
 
+REAL_CHECKPOINT = "ace_step_v1_3.5b.safetensors"
+SONG_TAGS = ("funk, pop, soul, rock, melodic, guitar, drums, bass, keyboard, percussion, 105 BPM, energetic, upbeat, "
+             "groovy, vibrant, dynamic")
+SONG_LYRICS = """[verse]
+Neon lights they flicker bright
+City hums in dead of night
+Rhythms pulse through concrete veins
+Lost in echoes of refrains
+
+[chorus]
+Turn it up and let it flow
+Feel the fire let it grow
+In this rhythm we belong
+Hear the night sing out our song"""
+
+KNOBS = """
+**Knobs**
+- *Empty ACE-Step Latent Audio*: song length (ACE-Step was trained on up to 240 s).
+- *ACE-Step Tags + Lyrics*: style tags; lyrics with [verse]/[chorus]/[bridge] lines, any of 17 languages per line
+  (Chinese, Japanese, Korean are romanised for you); lyrics_strength below 1 lets the tags lead.
+- *ModelSamplingSD3 shift*: higher = more time on coarse structure (3-6).
+- *Vocal Volume (Reinhard Tonemap)*: tames the guidance; lower = softer vocals.
+- *KSampler*: 50 steps, cfg 5, euler/simple as in ComfyUI's official ACE-Step template.
+
+Put `ace_step_v1_3.5b.safetensors` in `models/checkpoints/` (or the original ACE-Step folder).
+"""
+
+
+def _text_to_music(name: str, tags: str, lyrics: str, seconds: float, title: str, intro: str) -> Workflow:
+    return Workflow(
+        name,
+        nodes=[
+            Node(1, "AceStudioCheckpointLoader", widgets=[("ckpt_name", REAL_CHECKPOINT)],
+                 outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+            Node(2, "ModelSamplingSD3", widgets=[("shift", 5.0)], inputs=[("model", "MODEL", (1, 0))],
+                 outputs=[("MODEL", "MODEL")]),
+            Node(3, "AceStudioTonemapReinhard", widgets=[("multiplier", 1.0)], inputs=[("model", "MODEL", (2, 0))],
+                 outputs=[("MODEL", "MODEL")]),
+            Node(4, "AceStudioTextEncode", widgets=[("tags", tags), ("lyrics", lyrics), ("lyrics_strength", 0.99)],
+                 inputs=[("clip", "CLIP", (1, 1))], outputs=[("CONDITIONING", "CONDITIONING")], size=(420, 360)),
+            Node(5, "ConditioningZeroOut", inputs=[("conditioning", "CONDITIONING", (4, 0))],
+                 outputs=[("CONDITIONING", "CONDITIONING")]),
+            Node(6, "AceStudioEmptyLatentAudio", widgets=[("seconds", seconds), ("batch_size", 1)],
+                 outputs=[("LATENT", "LATENT")]),
+            Node(7, "KSampler",
+                 widgets=[("seed", 42), ("steps", 50), ("cfg", 5.0), ("sampler_name", "euler"),
+                          ("scheduler", "simple"), ("denoise", 1.0)],
+                 inputs=[("model", "MODEL", (3, 0)), ("positive", "CONDITIONING", (4, 0)),
+                         ("negative", "CONDITIONING", (5, 0)), ("latent_image", "LATENT", (6, 0))],
+                 outputs=[("LATENT", "LATENT")], seed_widget="seed", size=(320, 260)),
+            Node(8, "AceStudioLatentToAudio", widgets=[("normalize", True)],
+                 inputs=[("samples", "LATENT", (7, 0)), ("vae", "VAE", (1, 2))], outputs=[("AUDIO", "AUDIO")]),
+            Node(9, "AceStudioSaveAudio",
+                 widgets=[("filename_prefix", f"audio/{name}"), ("format", "flac"), ("quality", "V0")],
+                 inputs=[("audio", "AUDIO", (8, 0))]),
+        ],
+        note=Note(f"## {title}\n{intro}\n{KNOBS}"),
+    )
+
+
 def workflows() -> list[Workflow]:
-    return [
-        Workflow(
-            "ace_step_song",
-            nodes=[
-                Node(1, "LoadAudio", widgets=[("audio", "example_song.flac")], outputs=[("AUDIO", "AUDIO")],
-                     ui_only_widgets=[None, ""]),
-                Node(2, "AceStudioSaveAudio",
-                     widgets=[("filename_prefix", "audio/ACE-Step"), ("format", "flac"), ("quality", "V0")],
-                     inputs=[("audio", "AUDIO", (1, 0))]),
-            ],
-            note=Note("## Placeholder\nThe model nodes land next; this graph loads the example song and saves it."),
-        ),
+    song = _text_to_music("ace_step_song", SONG_TAGS, SONG_LYRICS, 120.0, "ACE-Step: text to song",
+                          "Tags and lyrics in, a 44.1 kHz stereo song out.")
+    instrumental = _text_to_music(
+        "ace_step_instrumental", "lo-fi hip hop, instrumental, mellow piano, vinyl crackle, soft drums, 80 BPM",
+        "[inst]", 60.0, "ACE-Step: instrumental", "No vocals: the lyrics are just [inst].")
+    a2a = _text_to_music("ace_step_audio_to_audio", "synth pop, female vocals, dreamy, 100 BPM", SONG_LYRICS, 12.0,
+                         "ACE-Step: audio to audio",
+                         "Re-imagines an input song: Load Audio -> Audio to ACE-Step Latent -> KSampler with denoise "
+                         "below 1 (0.3 keeps the song, 0.7 keeps its outline).")
+    a2a.nodes = [n for n in a2a.nodes if n.id != 6] + [
+        Node(10, "LoadAudio", widgets=[("audio", "example_song.flac")], outputs=[("AUDIO", "AUDIO")],
+             ui_only_widgets=[None, ""], size=(320, 160)),
+        Node(6, "AceStudioAudioToLatent", inputs=[("audio", "AUDIO", (10, 0)), ("vae", "VAE", (1, 2))],
+             outputs=[("LATENT", "LATENT")]),
     ]
+    sampler = next(n for n in a2a.nodes if n.id == 7)
+    sampler.widgets = [(k, 0.5 if k == "denoise" else v) for k, v in sampler.widgets]
+    return [song, instrumental, a2a]
 
 
 def rendered() -> dict[Path, str]:

@@ -4,4 +4,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$ROOT/scripts/setup.sh"
 source "$ROOT/scripts/env.sh"
-exec "$PY" "$ROOT/scripts/run_workflow.py" "$ROOT/workflows/api/ace_step_song.json" "$@"
+ckpt=ace_step_v1_3.5b.safetensors
+if [ ! -f "$COMFYUI_PATH/models/checkpoints/$ckpt" ]; then
+  ckpt=ace_step_v1_tiny_demo.safetensors
+  echo "NOTE: $COMFYUI_PATH/models/checkpoints/ace_step_v1_3.5b.safetensors not found: using the tiny random demo"
+  echo "      checkpoint, which makes noise, not music. Put the real file there for songs."
+fi
+exec "$PY" "$ROOT/scripts/run_workflow.py" "$ROOT/workflows/api/ace_step_song.json" --checkpoint "$ckpt" "$@"

@@ -15,11 +15,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workflow", type=Path)
     parser.add_argument("--seed", type=int, default=None, help="override every seed input (default: random)")
+    parser.add_argument("--checkpoint", default=None, help="override the checkpoint file the workflow loads")
     parser.add_argument("--timeout", type=float, default=1800)
     opts = parser.parse_args()
     prompt = json.loads(opts.workflow.read_text())
     seed = opts.seed if opts.seed is not None else random.randrange(2**32)
     for node in prompt.values():
+        if opts.checkpoint and "ckpt_name" in node["inputs"]:
+            node["inputs"]["ckpt_name"] = opts.checkpoint
         if "seed" in node["inputs"] and not isinstance(node["inputs"]["seed"], list):
             node["inputs"]["seed"] = seed
     print(f"starting ComfyUI at {comfyui_path()} ...", flush=True)

@@ -28,6 +28,20 @@ from comfy_harness import ComfyServer  # noqa: E402
 from measure import OUTPUT_DIR  # noqa: E402
 
 
+TINY_CHECKPOINT = "ace_step_v1_tiny_demo.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(comfy_server) -> str:
+    """The tiny demo checkpoint (real key layout, random weights) in the test server's models/checkpoints/."""
+    from ace_step.tiny_checkpoint import write_tiny_checkpoint
+
+    path = OUTPUT_DIR / "comfy-base" / "models" / "checkpoints" / TINY_CHECKPOINT
+    if not path.exists():
+        write_tiny_checkpoint(path)
+    return TINY_CHECKPOINT
+
+
 @pytest.fixture(scope="session")
 def comfy_server():
     """One real ComfyUI server (CPU, loopback, in-memory database) with only this pack, for the whole session.

@@ -1,13 +1,13 @@
 """The pack inside the real ComfyUI server: registration, naming, and no network traffic."""
 import ipaddress
 import json
-import random
 import socket
 
 import soundfile as sf
 
 from measure import OUTPUT_DIR
 from pack_inprocess import pack_node_schemas
+from workflow_prompts import ROOT, prepare
 
 PACK_MODULE = "custom_nodes.comfyui-acestep-studio"
 
@@ -42,7 +42,7 @@ def test_names_prefix_and_category(comfy_server):
 
 def test_workflow_templates_are_served(comfy_server):
     templates = comfy_server.get_json("/workflow_templates")
-    assert "ace_step_song" in templates.get("comfyui-acestep-studio", [])
+    assert sorted(templates.get("comfyui-acestep-studio", [])) == sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
 
 
 def _is_loopback(host: str) -> bool:
@@ -54,13 +54,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def test_run_saves_audio_and_makes_no_outbound_connection(comfy_server):
+def test_run_saves_audio_and_makes_no_outbound_connection(comfy_server, tiny_checkpoint):
     from comfy_harness import run_prompt
-    from pathlib import Path
 
-    prompt = json.loads((Path(__file__).resolve().parent.parent / "workflows/api/ace_step_song.json").read_text())
-    prompt["2"]["inputs"]["filename_prefix"] = f"tests/server_{random.randrange(10**9)}"
-    result = run_prompt(comfy_server, prompt, timeout=120)
+    prompt = prepare(json.loads((ROOT / "workflows/api/ace_step_song.json").read_text()), tiny_checkpoint)
+    result = run_prompt(comfy_server, prompt, timeout=300)
     assert result.status == "success", result.error
     [saved] = result.output_files("audio")
     data, sr = sf.read(OUTPUT_DIR / "comfy-base/output" / saved["subfolder"] / saved["filename"])

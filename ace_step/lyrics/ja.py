@@ -18,6 +18,11 @@ _JAPANESE_RUN = re.compile(r"[\u3041-\u3096\u309d-\u309f\u30a1-\u30fa\u30fc-\u30
 _PUNCTUATION = {"、": ",", "。": ".", "・": " ", "「": '"', "」": '"', "『": '"', "』": '"', "〜": "~", "～": "~"}
 _PARTICLES = {"は": "wa", "へ": "e", "を": "wo"}
 _GLUED = re.compile(r"\s+([,.?!;:]|\.\.\.)")  # punctuation sticks to the word before it
+_HAS_KANJI = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff々]")
+_HIRAGANA_START = re.compile(r"[\u3041-\u3096]")
+_PARTICLE_STARTS = set("をはがのにへとでもやよね")  # a chunk starting with these is (usually) a particle: own word
+_CONJUNCTIONS = ("から", "なら")
+_FINAL_PARTICLES = "よのね"
 _SMALL_VOWELS = {"ぁ": "A", "ぃ": "I", "ぅ": "U", "ぇ": "E", "ぉ": "O", "ァ": "A", "ィ": "I", "ゥ": "U", "ェ": "E", "ォ": "O"}
 
 
@@ -41,15 +46,50 @@ def _drop_echo_vowels(text: str) -> str:
     return "".join(out)
 
 
+def _glues(prev: dict, chunk: dict) -> bool:
+    """Whether pykakasi split a word that cutlet (MeCab) keeps whole: 閉じ|て, 待っ|て, 悪い|なら, お|願い."""
+    orig, before = chunk["orig"], prev["orig"]
+    if before in ("お", "ご") and _HAS_KANJI.search(orig[:1]):
+        return True  # honorific prefix: お願い -> "onegai"
+    if not _HAS_KANJI.search(before) or not _HIRAGANA_START.match(orig):
+        return False
+    if before[-1] in "いうる":
+        return orig.startswith(_CONJUNCTIONS)  # a finished word (悪い, 言う) only takes から/なら: 悪い|なら
+    return orig[0] not in _PARTICLE_STARTS  # a stem and its ending: 閉じ|て, 待っ|て, 見な|かった
+
+
+def _kana_romaji(hira: str) -> str:
+    return "".join(c["hepburn"] for c in _kakasi().convert(hira))
+
+
 def _romanize_run(run: str) -> list[str]:
-    words = []
+    # Group pykakasi's chunks into words: (original text, hiragana reading, romaji of a lone chunk or None).
+    words: list[list] = []
+    prev = None
     for chunk in _kakasi().convert(_drop_echo_vowels(run)):
-        orig, roman = chunk["orig"], chunk["hepburn"]
+        if prev is not None and _glues(prev, chunk):
+            words[-1][0] += chunk["orig"]
+            words[-1][1] += chunk["hira"]
+            words[-1][2] = None
+        else:
+            words.append([chunk["orig"], chunk["hira"], chunk["hepburn"]])
+        prev = chunk
+    # A sentence-final particle closing the run is a word of its own: やめてよ -> "yamete yo".
+    if words:
+        orig, hira, _ = words[-1]
+        if len(orig) >= 3 and orig[-1] in _FINAL_PARTICLES and hira.endswith(orig[-1]):
+            words[-1:] = [[orig[:-1], hira[:-1], None], [orig[-1], orig[-1], None]]
+    out = []
+    for orig, hira, roman in words:
         if orig in _PARTICLES:
             roman = _PARTICLES[orig]
+        elif roman is None:
+            # Romanise the joined reading, so that a っ at a chunk border doubles the next consonant
+            # (待っ|て -> "matte", not "matsu te").
+            roman = _kana_romaji(hira)
         if roman:
-            words.append(roman)
-    return words
+            out.append(roman)
+    return out
 
 
 def romanize_japanese(text: str) -> str:

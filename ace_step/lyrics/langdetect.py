@@ -11,15 +11,14 @@ segmentation, including its quirks, e.g.:
   encoded as English anyway);
 * Latin-script runs are classified per sentence by py3langid, so short English lines may come out as "it" or "fr".
 
-This module re-implements that segmentation compactly (own code, same rules). It is a pure function of the line.
-Things LangSegment supports that lyrics do not need are left out: the ``<xx>text</xx>`` manual tags and SSML
-(treated as ordinary text here), and the cross-line merging (we always detect one line at a time, as the pipeline
-does).
+This module re-implements that segmentation compactly (own code, same rules). It is a pure function of the line
+(the pipeline also detects one line at a time, so LangSegment's cross-line merging never applies). One
+simplification: inside SSML tags (``<number>12</number>``) LangSegment spells digits out in Chinese before counting;
+we count the text as written.
 """
 from __future__ import annotations
 
 import re
-from collections import Counter
 from functools import lru_cache
 
 # ISO codes py3langid may answer with that LangSegment keeps (its `language_filters.default`). Every py3langid
@@ -46,6 +45,7 @@ def _script_run(letters: str) -> re.Pattern:
 
 # (kind, pattern), applied in this order; each match is replaced by a placeholder before the next pattern runs.
 _PATTERNS = (
+    ("tag", re.compile(r"(<([a-zA-Z|-]*)>(.*?)<\/*[a-zA-Z|-]*>)")),
     ("ko", _script_run("\uac00-\ud7a3")),
     ("th", _script_run("\u0e00-\u0e7f")),
     ("ru", _script_run("А-Яа-яЁё")),
@@ -56,13 +56,12 @@ _PATTERNS = (
 )
 _PUNCT_SPLIT = re.compile(r"([^\w\s]+)")
 _SENTENCE_SPLIT = re.compile(r"(.*?[。.?？!！]+[\n]{,1})")
-_ENDING = re.compile(r"[「」“”‘’\"':：。.！!?．？]")
 _KANA = re.compile(r"[\u3040-\u309F\u30A0-\u30FF]")
 # Placeholders: CJK Extension B characters. They are word characters that no pattern above can swallow (LangSegment
 # uses "⑥...⑥" keys for the same reason), and they never reach the classifier.
 _PLACEHOLDER_BASE = 0x20000
 _PLACEHOLDER_COUNT = 0x2A6DF - 0x20000
-_MAX_LINE = 20000  # longer lines are judged on their first 20k characters (cost bound; lyrics never get close)
+_MAX_LINE = 5000  # longer lines are judged on their first 5000 characters (cost bound; lyric lines never get close)
 
 
 @lru_cache(maxsize=1)
@@ -72,6 +71,7 @@ def _identifier():
     return LanguageIdentifier.from_pickled_model(MODEL_FILE, norm_probs=True)
 
 
+@lru_cache(maxsize=65536)
 def _classify(text: str) -> tuple[str, float]:
     lang, score = _identifier().classify(text)
     return lang, round(float(score), 3)
@@ -113,10 +113,10 @@ class _Line:
             self.counts[lang] = self.counts.get(lang, 0) + (2 * len(text) if lang == "zh" else len(text))
 
     # -- storing pieces (LangSegment's _saveData / _addwords) -------------------------------------------------
-    def save(self, lang: str, text: str) -> dict:
+    def save(self, lang: str, text: str, tag=None) -> dict:
         clear, is_number = _strip_symbols(text)
         prev = self.words[-1] if self.words else None
-        if prev is not None:
+        if tag is None and prev is not None and prev["tag"] is None:  # tagged pieces are kept as they are
             if not clear or is_number:
                 lang = prev["lang"]  # punctuation or digits only: belongs to the previous piece
             if prev["lang"] == lang:
@@ -128,13 +128,13 @@ class _Line:
                 # booked to its old language (this is what makes a leading "*" or "[" vote for Chinese).
                 text = prev["text"] + text
                 self.words.pop()
-        data = {"lang": lang, "text": text}
+        data = {"lang": lang, "text": text, "tag": tag}
         if lang in _FILTER_SET or "?" in lang or lang in _FILTER[0]:
             self.words.append(data)
             self.count(lang, text)
         return data
 
-    def add(self, lang: str, text: str):
+    def add(self, lang: str, text: str, tag=None):
         if text != "\n" and (text is None or not text.strip()):
             return
         lang = (lang or "").lower()
@@ -149,14 +149,14 @@ class _Line:
             else:
                 pre["lang"] = pre["lang"].split("|")[0]
             if from_waits:
-                pre = self.save(pre["lang"], pre["text"])
+                pre = self.save(pre["lang"], pre["text"], pre["tag"])
         pre_lang = pre["lang"] if pre else None
         if "|" in lang and pre_lang and pre_lang not in lang and "…" not in lang:
             lang = lang.split("|")[0]
         if "|" in lang:
-            self.waits.append({"lang": lang, "text": text})
+            self.waits.append({"lang": lang, "text": text, "tag": tag})
         else:
-            self.save(lang, text)
+            self.save(lang, text, tag)
 
     # -- parsing ----------------------------------------------------------------------------------------------
     def parse_plain(self, segment: str):
@@ -203,6 +203,15 @@ class _Line:
             return prev_lang if referenced and self.words else lang
         return unknown + "|…"
 
+    def add_tagged(self, name: str, text: str):
+        # LangSegment's manual tags "<ja>text</ja>": a name found in the filter string (a substring test, as in
+        # LangSegment) is the language; SSML names count as Chinese (LangSegment also spells their digits out in
+        # Chinese; we count the text as written); any other name becomes a language that is not counted.
+        if name in _FILTER_STRING:
+            self.add(name, text, tag=True)
+        else:
+            self.add("zh" if name in ("telephone", "number", "currency", "date") else name, text, tag=name)
+
     def parse_latin(self, text: str):
         # Preview mode: each sentence of a Latin run is classified on its own.
         for sentence in _SENTENCE_SPLIT.split(text):
@@ -226,7 +235,9 @@ class _Line:
                 self.at_end = i >= len(pieces) - 1
             if piece in table:
                 kind, groups = table[piece]
-                if kind in ("ko", "th", "ru"):
+                if kind == "tag":
+                    self.add_tagged(*groups[1:])
+                elif kind in ("ko", "th", "ru"):
                     self.add(kind, groups[0])
                 elif kind == "num":
                     # Digits alone say nothing: they take the language of the line's first piece.
@@ -243,7 +254,8 @@ def _is_punct_only(text: str) -> bool:
     return not _PUNCT_SPLIT.sub("", text.replace("\n", "")).strip()
 
 
-def language_counts(line: str) -> list[tuple[str, int]]:
+@lru_cache(maxsize=4096)
+def language_counts(line: str) -> tuple[tuple[str, int], ...]:
     """LangSegment's ranking for one line: (language, characters) sorted by count, Chinese counted twice."""
     line = line[:_MAX_LINE]
     used = set(line)
@@ -252,12 +264,12 @@ def language_counts(line: str) -> list[tuple[str, int]]:
 
     def protect(kind, pattern, text):
         matches = list(pattern.finditer(text))
-        if len(matches) == 1 and kind in ("num", "quote") and matches[0].group(0) == text:
+        if len(matches) == 1 and kind in ("num", "quote", "tag") and "".join(matches[0].groups()) == text:
             return text  # LangSegment leaves a line that is one single number or quote as it is
 
         def sub(m):
             key = next(free)
-            table[key] = (kind, m.groups() if kind == "quote" else (m.group(1),))
+            table[key] = (kind, m.groups() if kind in ("quote", "tag") else (m.group(1),))
             return key
 
         return pattern.sub(sub, text)
@@ -266,13 +278,10 @@ def language_counts(line: str) -> list[tuple[str, int]]:
     for kind, pattern in _PATTERNS:
         text = protect(kind, pattern, text)
     state = _Line()
-    if table:
-        placeholder_re = re.compile("(" + "|".join(re.escape(k) for k in table) + ")")
-    else:
-        placeholder_re = re.compile("(?!x)x")
+    placeholder_re = re.compile("([" + "".join(table) + "])" if table else "(?!x)x")
     state.parse_tagged(text, table, placeholder_re, root=True)
-    ranked = sorted(state.counts.items(), key=lambda kv: kv[1], reverse=True)  # stable: ties keep first-seen order
-    return ranked
+    # Stable sort: ties keep the order in which the languages were first counted, as in LangSegment.
+    return tuple(sorted(state.counts.items(), key=lambda kv: kv[1], reverse=True))
 
 
 def detect_language(line: str) -> str:

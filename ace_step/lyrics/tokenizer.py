@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 
 from .cleaners import MULTILINGUAL, basic_cleaners, collapse_whitespace, multilingual_cleaners
 from .ja import romanize_japanese
@@ -43,14 +44,24 @@ SUPPORTED_LANGUAGES = tuple(LANGUAGE_TOKENS)
 STRUCTURE_TAGS = ("start", "intro", "verse", "chorus", "bridge", "outro", "end", "inst", "solo", "hook",
                   "pre-chorus", "break")  # ids 6681..6692, matched only as exact lowercase "[tag]"
 _STRUCTURE_LINE = re.compile(r"\[.*?\]")
+# Invisible characters that carry no sound: control characters other than whitespace (category Cc) and format
+# characters (Cf: zero-width space/joiners, BOM, bidi marks, soft hyphen). The original turned each into [UNK] or
+# split words with them; we drop them (a deliberate difference; real lyrics do not contain them).
+_INVISIBLE_CATEGORIES = ("Cc", "Cf")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+
+
+def sanitize(text: str) -> str:
+    """Valid text without invisible characters: lone surrogates become U+FFFD, Cc/Cf characters are removed."""
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if text.isprintable():
+        return text
+    return "".join(c for c in text if c.isspace() or unicodedata.category(c) not in _INVISIBLE_CATEGORIES)
 
 
 def language_of_line(line: str) -> str:
     """The supported language code the original pipeline would pick for a (stripped, non-empty) line."""
     lang = _detect_raw(line)
-    if "zh" in lang:
-        return "zh"
     return lang if lang in LANGUAGE_TOKENS else "en"
 
 
@@ -100,7 +111,7 @@ class LyricTokenizer:
 
     def line_ids(self, line: str) -> list[int]:
         """Ids for one lyric line, without the trailing [SPACE]; empty for a blank line."""
-        line = line.strip()
+        line = sanitize(line).strip()
         if not line:
             return []
         forced, content = split_language_prefix(line)
@@ -125,7 +136,7 @@ class LyricTokenizer:
         ids = [START]
         if not lyrics:
             return ids
-        for line in lyrics.split("\n"):
+        for line in sanitize(lyrics).split("\n"):
             ids += self.line_ids(line) + [SPACE]
         return ids
 

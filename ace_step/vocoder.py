@@ -1,0 +1,353 @@
+"""ADaMoS HiFi-GAN vocoder of ACE-Step v1: log-mel [B, 128, F] at 44.1 kHz / hop 512 → waveform [B, 1, 512·F].
+
+Two parts (keys as in the checkpoint's `vae.vocoder.*` without the prefix):
+- `backbone`: a 1-D ConvNeXt (Fish-Audio style) that turns the mel into 512 feature channels per frame. Stem conv k7
+  with replicate padding + channels-first LayerNorm, then 4 stages (widths 128/256/384/512, depths 3/3/9/3) separated
+  by LayerNorm + 1×1 conv, each block DWConv k7 → LayerNorm → Linear 4× → GELU → Linear → ×γ → residual; a final
+  LayerNorm.
+- `head`: a HiFi-GAN generator. conv_pre k13, then 7 transposed-conv upsamplers (×4,4,2,2,2,2,2 = 512 = hop, SiLU
+  before each) each followed by the average of 4 multi-receptive-field ResBlock1s (kernels 3,7,11,13, dilations
+  1,3,5), then SiLU → conv_post k13 → tanh.
+
+The checkpoint stores the head's convolutions weight-normalised (`weight_g`/`weight_v` in older ComfyUI saves,
+`parametrizations.weight.original0/1` in newer ones). This module holds plain, already fused `weight`s:
+`fuse_weight_norm` converts a file state dict into this module's layout, `checkpoint_shapes` describes the file layout
+and `split_weight_norm` goes back (for writing checkpoints in the real layout).
+The analysis mel (`mel_transform`, used by the VAE encoder side) holds no tensors; the file's two mel buffers are
+derived data, listed by `unused_checkpoint_shapes`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .audio_dsp import LogMelSpectrogram, MelConfig
+
+
+@dataclass
+class VocoderConfig:
+    n_mels: int = 128
+    backbone_dims: tuple[int, ...] = (128, 256, 384, 512)
+    backbone_depths: tuple[int, ...] = (3, 3, 9, 3)
+    backbone_kernel: int = 7
+    upsample_initial_channel: int = 1024
+    upsample_rates: tuple[int, ...] = (4, 4, 2, 2, 2, 2, 2)
+    upsample_kernels: tuple[int, ...] = (8, 8, 4, 4, 4, 4, 4)
+    resblock_kernels: tuple[int, ...] = (3, 7, 11, 13)
+    resblock_dilations: tuple[int, ...] = (1, 3, 5)  # the same for every ResBlock1
+    pre_conv_kernel: int = 13
+    post_conv_kernel: int = 13
+    mel: MelConfig = field(default_factory=MelConfig)
+
+    def __post_init__(self):
+        for name in ("backbone_dims", "backbone_depths", "upsample_rates", "upsample_kernels", "resblock_kernels",
+                     "resblock_dilations"):
+            setattr(self, name, tuple(getattr(self, name)))
+        if len(self.backbone_dims) != len(self.backbone_depths):
+            raise ValueError("backbone_dims and backbone_depths differ in length")
+        if len(self.upsample_rates) != len(self.upsample_kernels):
+            raise ValueError("upsample_rates and upsample_kernels differ in length")
+        hop = 1
+        for r in self.upsample_rates:
+            hop *= r
+        if hop != self.mel.hop_length:
+            raise ValueError(f"the upsampling rates multiply to {hop}, but the mel hop is {self.mel.hop_length}")
+        if self.upsample_initial_channel % 2 ** len(self.upsample_rates):
+            raise ValueError("upsample_initial_channel must stay a whole number of channels after every halving")
+        if self.mel.n_mels != self.n_mels:
+            raise ValueError("n_mels differs from the analysis mel's n_mels")
+
+    @property
+    def hop_length(self) -> int:
+        return self.mel.hop_length
+
+    @classmethod
+    def full_size(cls) -> "VocoderConfig":
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> "VocoderConfig":
+        # Same block structure and the same 512 samples per mel frame, but 3 upsamplers (×8 each, kernel 16) so the
+        # narrow channel counts stay whole: ~1.3 MB of fp32 weights.
+        return cls(
+            backbone_dims=(16, 32, 48, 64),
+            backbone_depths=(1, 1, 2, 1),
+            upsample_initial_channel=32,
+            upsample_rates=(8, 8, 8),
+            upsample_kernels=(16, 16, 16),
+        )
+
+    @classmethod
+    def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> "VocoderConfig":
+        """Infers the config from a vocoder key → shape mapping, in any of the three weight layouts.
+
+        Not stored in shapes, and fixed by rule: each upsampling rate is kernel // 2 (HiFi-GAN's k = 2u with padding
+        (k−u)/2, true for every upsampler of the real model), the ResBlock1 dilations are 1, 3, 5, … (n convs take
+        the first n odd numbers),
+        and the analysis mel keeps the real values (44.1 kHz, n_fft 2048, hop 512, 40 Hz–16 kHz) with n_mels from the
+        stem.
+        """
+        g_suffixes = tuple(g for g, _ in _WN_SUFFIXES.values())
+        shapes = {_fused_name(k): tuple(v) for k, v in shapes.items() if not k.endswith(g_suffixes)}
+
+        def count(pattern: str) -> int:
+            return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
+
+        n_stages = count(r"backbone\.stages\.(\d+)\.")
+        dims = tuple(shapes[f"backbone.stages.{i}.0.gamma"][0] for i in range(n_stages))
+        depths = tuple(count(rf"backbone\.stages\.{i}\.(\d+)\.") for i in range(n_stages))
+        n_ups = count(r"head\.ups\.(\d+)\.")
+        kernels = tuple(shapes[f"head.ups.{i}.weight"][-1] for i in range(n_ups))
+        n_res = count(r"head\.resblocks\.(\d+)\.")
+        per_level = n_res // n_ups
+        res_kernels = tuple(shapes[f"head.resblocks.{j}.convs1.0.weight"][-1] for j in range(per_level))
+        n_dil = count(r"head\.resblocks\.0\.convs1\.(\d+)\.")
+        stem = shapes["backbone.channel_layers.0.0.weight"]
+        return cls(
+            n_mels=stem[1],
+            backbone_dims=dims,
+            backbone_depths=depths,
+            backbone_kernel=shapes["backbone.stages.0.0.dwconv.weight"][-1],
+            upsample_initial_channel=shapes["head.conv_pre.weight"][0],
+            upsample_rates=tuple(k // 2 for k in kernels),
+            upsample_kernels=kernels,
+            resblock_kernels=res_kernels,
+            resblock_dilations=tuple(2 * i + 1 for i in range(n_dil)),
+            pre_conv_kernel=shapes["head.conv_pre.weight"][-1],
+            post_conv_kernel=shapes["head.conv_post.weight"][-1],
+            mel=MelConfig(n_mels=stem[1]),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checkpoint layout helpers (weight norm)
+
+_WN_SUFFIXES = {
+    "weight_norm": (".weight_g", ".weight_v"),
+    "parametrizations": (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
+}
+
+
+def _fused_name(key: str) -> str:
+    for g_suffix, v_suffix in _WN_SUFFIXES.values():
+        for suffix in (g_suffix, v_suffix):
+            if key.endswith(suffix):
+                return key[: -len(suffix)] + ".weight"
+    return key
+
+
+def weight_norm_keys(config: VocoderConfig) -> list[str]:
+    """The module keys (fused `…weight`) of the weight-normalised convolutions: conv_pre, ups, resblocks, conv_post."""
+    keys = ["head.conv_pre.weight"]
+    keys += [f"head.ups.{i}.weight" for i in range(len(config.upsample_rates))]
+    n_res = len(config.upsample_rates) * len(config.resblock_kernels)
+    keys += [f"head.resblocks.{j}.{c}.{m}.weight" for j in range(n_res) for c in ("convs1", "convs2")
+             for m in range(len(config.resblock_dilations))]
+    keys.append("head.conv_post.weight")
+    return keys
+
+
+def fuse_weight_norm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Turns a vocoder state dict in any of the file layouts into this module's layout.
+
+    Accepts `X.weight_g`/`X.weight_v`, `X.parametrizations.weight.original0`/`original1` (g, v) or an already fused
+    `X.weight`, and returns `X.weight = g · v / ‖v‖`, the norm taken per output slice (over every dim but 0), computed
+    in fp32 and stored in v's dtype. Other keys pass through unchanged.
+    """
+    out: dict[str, torch.Tensor] = {}
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        for g_suffix, v_suffix in _WN_SUFFIXES.values():
+            if key.endswith(g_suffix):
+                pending.setdefault(key[: -len(g_suffix)], {})["g"] = value
+                break
+            if key.endswith(v_suffix):
+                pending.setdefault(key[: -len(v_suffix)], {})["v"] = value
+                break
+        else:
+            out[key] = value
+    for base, parts in pending.items():
+        if set(parts) != {"g", "v"}:
+            raise ValueError(f"weight-norm pair incomplete for {base}: only {sorted(parts)}")
+        g, v = parts["g"], parts["v"]
+        dims = tuple(range(1, v.ndim))
+        v32 = v.float()
+        norm = v32.pow(2).sum(dim=dims, keepdim=True).sqrt()
+        out[base + ".weight"] = (v32 * (g.float() / norm)).to(v.dtype)
+    return out
+
+
+def split_weight_norm(
+    state_dict: Mapping[str, torch.Tensor], config: VocoderConfig, variant: str = "weight_norm"
+) -> dict[str, torch.Tensor]:
+    """Inverse of `fuse_weight_norm` for writing files in the real layout: g = ‖w‖ per output slice, v = w."""
+    g_suffix, v_suffix = _WN_SUFFIXES[variant]
+    wn = set(weight_norm_keys(config))
+    out = {}
+    for key, value in state_dict.items():
+        if key in wn:
+            base = key[: -len(".weight")]
+            out[base + g_suffix] = value.float().pow(2).sum(dim=tuple(range(1, value.ndim)), keepdim=True).sqrt().to(
+                value.dtype)
+            out[base + v_suffix] = value
+        else:
+            out[key] = value
+    return out
+
+
+def unused_checkpoint_shapes(config: VocoderConfig) -> dict[str, tuple[int, ...]]:
+    """File tensors the module never loads: the analysis mel's window and filterbank (recomputed in code)."""
+    return {
+        "mel_transform.mel_scale.fb": (config.mel.n_fft // 2 + 1, config.mel.n_mels),
+        "mel_transform.spectrogram.window": (config.mel.win_length,),
+    }
+
+
+def checkpoint_shapes(config: VocoderConfig, variant: str = "weight_norm") -> dict[str, tuple[int, ...]]:
+    """Every vocoder tensor of a file in the real layout, unused mel buffers included.
+
+    variant "weight_norm": `weight_g` [out, 1, …] / `weight_v`; "parametrizations": `original0` / `original1`;
+    "fused": plain `weight` (this module's own layout).
+    """
+    with torch.device("meta"):
+        module_shapes = {k: tuple(v.shape) for k, v in Vocoder(config).state_dict().items()}
+    if variant != "fused":
+        g_suffix, v_suffix = _WN_SUFFIXES[variant]
+        for key in weight_norm_keys(config):
+            shape = module_shapes.pop(key)
+            base = key[: -len(".weight")]
+            module_shapes[base + g_suffix] = (shape[0],) + (1,) * (len(shape) - 1)
+            module_shapes[base + v_suffix] = shape
+    module_shapes.update(unused_checkpoint_shapes(config))
+    return module_shapes
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Backbone (ConvNeXt)
+
+
+class ChannelsFirstLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of [B, C, T] (eps 1e-6)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.transpose(1, 2), (x.shape[1],), self.weight, self.bias, self.eps).transpose(1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int, kernel_size: int):
+        super().__init__()
+        self.dwconv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))  # layer scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.dwconv(x).transpose(1, 2))
+        y = self.pwconv2(F.gelu(self.pwconv1(y))) * self.gamma
+        return x + y.transpose(1, 2)
+
+
+class ConvNeXtBackbone(nn.Module):
+    def __init__(self, config: VocoderConfig):
+        super().__init__()
+        dims, k = config.backbone_dims, config.backbone_kernel
+        stem = nn.Sequential(
+            nn.Conv1d(config.n_mels, dims[0], k, padding=k // 2, padding_mode="replicate"),
+            ChannelsFirstLayerNorm(dims[0]),
+        )
+        transitions = [nn.Sequential(ChannelsFirstLayerNorm(dims[i]), nn.Conv1d(dims[i], dims[i + 1], 1))
+                       for i in range(len(dims) - 1)]
+        self.channel_layers = nn.ModuleList([stem] + transitions)
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(ConvNeXtBlock(d, k) for _ in range(depth)))
+            for d, depth in zip(dims, config.backbone_depths)
+        )
+        self.norm = ChannelsFirstLayerNorm(dims[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for transition, stage in zip(self.channel_layers, self.stages):
+            x = stage(transition(x))
+        return self.norm(x)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Head (HiFi-GAN generator)
+
+
+class ResBlock1(nn.Module):
+    """Three (SiLU → dilated conv → SiLU → conv) residual steps at one kernel size."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]):
+        super().__init__()
+        self.convs1 = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2)
+            for d in dilations
+        )
+        self.convs2 = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c1, c2 in zip(self.convs1, self.convs2):
+            x = x + c2(F.silu(c1(F.silu(x))))
+        return x
+
+
+class HiFiGANHead(nn.Module):
+    def __init__(self, config: VocoderConfig):
+        super().__init__()
+        ch = config.upsample_initial_channel
+        self.conv_pre = nn.Conv1d(config.backbone_dims[-1], ch, config.pre_conv_kernel,
+                                  padding=(config.pre_conv_kernel - 1) // 2)
+        self.ups = nn.ModuleList()
+        self.resblocks = nn.ModuleList()  # flat, len(ups) × len(resblock_kernels), as in the checkpoint
+        for i, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernels)):
+            cin, cout = ch // 2 ** i, ch // 2 ** (i + 1)
+            self.ups.append(nn.ConvTranspose1d(cin, cout, kernel, rate, padding=(kernel - rate) // 2))
+            for k in config.resblock_kernels:
+                self.resblocks.append(ResBlock1(cout, k, config.resblock_dilations))
+        self.num_kernels = len(config.resblock_kernels)
+        self.conv_post = nn.Conv1d(ch // 2 ** len(config.upsample_rates), 1, config.post_conv_kernel,
+                                   padding=(config.post_conv_kernel - 1) // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_pre(x)
+        for i, up in enumerate(self.ups):
+            x = up(F.silu(x))
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            acc = blocks[0](x)
+            for block in blocks[1:]:
+                acc = acc + block(x)
+            x = acc / self.num_kernels
+        return torch.tanh(self.conv_post(F.silu(x)))
+
+
+class Vocoder(nn.Module):
+    """mel [B, n_mels, F] → waveform [B, 1, hop·F] (`forward`/`decode`); waveform → log-mel (`mel_transform`)."""
+
+    def __init__(self, config: VocoderConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = ConvNeXtBackbone(config)
+        self.head = HiFiGANHead(config)
+        self.mel_transform = LogMelSpectrogram(config.mel)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(mel))
+
+    decode = forward
+
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.mel_transform(audio)

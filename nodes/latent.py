@@ -1,0 +1,121 @@
+"""Latent nodes: empty song latents, and AUDIO <-> LATENT through the ACE-Step VAE."""
+import comfy.model_management as mm
+import torch
+from comfy_api.latest import io
+
+from .comfy_models import LATENT_SAMPLES_PER_FRAME, SAMPLE_RATE
+from .common import CATEGORY, display_name, node_id
+
+MAX_SECONDS = 1000.0
+TRAINED_MAX_SECONDS = 240.0
+
+
+def frames_for_seconds(seconds: float) -> int:
+    """Latent frames for a duration, as ACE-Step and ComfyUI count them: int(seconds·44100/4096)."""
+    return int(seconds * SAMPLE_RATE / LATENT_SAMPLES_PER_FRAME)
+
+
+class EmptyLatentAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("EmptyLatentAudio"),
+            display_name=display_name("Empty ACE-Step Latent Audio"),
+            category=CATEGORY,
+            description="An empty song latent of the given length: 10.77 latent frames per second.",
+            inputs=[
+                io.Float.Input("seconds", default=120.0, min=1.0, max=MAX_SECONDS, step=0.1,
+                               tooltip="Song length in seconds. ACE-Step was trained on up to 240 s; longer songs "
+                                       "work but may drift."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="How many songs to generate at once."),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seconds, batch_size) -> io.NodeOutput:
+        if not 1.0 <= seconds <= MAX_SECONDS:
+            raise ValueError(f"seconds must be between 1 and {MAX_SECONDS:.0f}, got {seconds}")
+        latent = torch.zeros([batch_size, 8, 16, frames_for_seconds(seconds)], device=mm.intermediate_device())
+        return io.NodeOutput({"samples": latent, "type": "audio"})
+
+
+def to_stereo(waveform: torch.Tensor) -> torch.Tensor:
+    """[B, C, T] -> [B, 2, T]: mono is duplicated; more channels are folded (even channels left, odd right)."""
+    channels = waveform.shape[1]
+    if channels == 2:
+        return waveform
+    if channels == 1:
+        return waveform.expand(-1, 2, -1)
+    if channels == 0:
+        raise ValueError("the audio has no channels")
+    return torch.stack([waveform[:, 0::2].mean(1), waveform[:, 1::2].mean(1)], dim=1)
+
+
+def checked_waveform(audio: dict) -> tuple[torch.Tensor, int]:
+    waveform, rate = audio["waveform"], int(audio["sample_rate"])
+    if waveform.ndim != 3:
+        raise ValueError(f"AUDIO waveform must be [batch, channels, samples], got shape {tuple(waveform.shape)}")
+    if rate <= 0:
+        raise ValueError(f"invalid sample rate {rate}")
+    if waveform.shape[-1] == 0:
+        raise ValueError("the audio is empty (0 samples): load a longer file")
+    waveform = waveform.float()
+    if not torch.isfinite(waveform).all():
+        raise ValueError("the audio contains NaN or infinite samples: re-export it from your audio editor")
+    return to_stereo(waveform), rate
+
+
+class AudioToLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("AudioToLatent"),
+            display_name=display_name("Audio to ACE-Step Latent"),
+            category=CATEGORY,
+            description="Encodes a song for audio-to-audio, repaint, extend and edit: any sample rate (resampled to "
+                        "44.1 kHz), mono or stereo, any length (padded to whole latent frames, never cropped; long "
+                        "songs are encoded in windows to bound memory).",
+            inputs=[
+                io.Audio.Input("audio", tooltip="The song to encode (e.g. from Load Audio)."),
+                io.Vae.Input("vae", tooltip="The ACE-Step VAE from the checkpoint loader."),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, audio, vae) -> io.NodeOutput:
+        waveform, rate = checked_waveform(audio)
+        return io.NodeOutput({"samples": vae.encode_audio(waveform, rate), "type": "audio"})
+
+
+def normalise_loudness(audio: torch.Tensor) -> torch.Tensor:
+    """As ComfyUI's VAEDecodeAudio: a song whose 5·std exceeds 1 is scaled down to std 0.2; quieter ones stay."""
+    scale = (audio.std(dim=(1, 2), keepdim=True) * 5.0).clamp_min(1.0)
+    return audio / scale
+
+
+class LatentToAudio(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("LatentToAudio"),
+            display_name=display_name("ACE-Step Latent to Audio"),
+            category=CATEGORY,
+            description="Decodes song latents to 44.1 kHz stereo AUDIO. Long songs are decoded in overlapping windows "
+                        "joined with a cross-fade, so memory stays bounded and there is no audible seam.",
+            inputs=[
+                io.Latent.Input("samples", tooltip="The sampled song latent."),
+                io.Vae.Input("vae", tooltip="The ACE-Step VAE from the checkpoint loader."),
+                io.Boolean.Input("normalize", default=True,
+                                 tooltip="Scale loud results down like ComfyUI's VAE Decode Audio (std capped at 0.2)."),
+            ],
+            outputs=[io.Audio.Output()],
+        )
+
+    @classmethod
+    def execute(cls, samples, vae, normalize=True) -> io.NodeOutput:
+        audio = vae.decode_audio(samples["samples"])
+        if normalize:
+            audio = normalise_loudness(audio)
+        return io.NodeOutput({"waveform": audio, "sample_rate": SAMPLE_RATE})

@@ -1,0 +1,36 @@
+"""Text conditioning: tags and lyrics -> CONDITIONING."""
+import node_helpers
+from comfy_api.latest import io
+
+from .common import CATEGORY, display_name, node_id
+
+
+class TextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=node_id("TextEncode"),
+            display_name=display_name("ACE-Step Tags + Lyrics"),
+            category=CATEGORY,
+            description="Encodes the style tags with UMT5 and tokenizes the lyrics. Lyrics: one line per sung line, "
+                        "structure tags such as [verse] [chorus] [bridge] on their own lines; the language is found "
+                        "per line (Chinese, Japanese and Korean are romanised automatically), or forced with a "
+                        "[zh]/[ja]/[ko]/[es]... prefix. Parentheses are kept (backing vocals).",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The ACE-Step text encoder from the checkpoint loader."),
+                io.String.Input("tags", multiline=True, dynamic_prompts=True,
+                                tooltip="Comma-separated style tags: genre, instruments, mood, tempo, vocal type. "
+                                        "ComfyUI (tag:1.2) weights work."),
+                io.String.Input("lyrics", multiline=True, dynamic_prompts=True,
+                                tooltip="The lyrics, or [inst] / empty for an instrumental."),
+                io.Float.Input("lyrics_strength", default=1.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="Scales the lyric condition: below 1 the lyrics guide less, 0 ignores them."),
+            ],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, clip, tags, lyrics, lyrics_strength) -> io.NodeOutput:
+        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(tags, lyrics=lyrics))
+        conditioning = node_helpers.conditioning_set_values(conditioning, {"lyrics_strength": lyrics_strength})
+        return io.NodeOutput(conditioning)
