@@ -65,17 +65,24 @@ def _unused_value(kind: str, key: str, shape: tuple, seed: int, derived: dict) -
 
 
 def tiny_state_dicts(seed: int = 0, dtype: torch.dtype = torch.float32, vocoder_variant: str = "weight_norm",
-                     configs: Optional[dict] = None) -> tuple[dict[str, dict[str, torch.Tensor]], bytes]:
+                     configs: Optional[dict] = None, round_through: Optional[dict] = None,
+                     ) -> tuple[dict[str, dict[str, torch.Tensor]], bytes]:
     """({"transformer"|"vae"|"umt5": {module key: tensor}} in the real file layout (unused keys included, the
-    vocoder in `vocoder_variant` form), the SentencePiece model bytes)."""
+    vocoder in `vocoder_variant` form), the SentencePiece model bytes).
+
+    `configs`: {network: config} replacing the tiny config of those networks (e.g. a full-size VAE).
+    `round_through`: {network: dtype}; that network's values are made exactly representable in the dtype (rounded
+    through it) and still stored in `dtype`, so a runtime that keeps those weights in that dtype uses the same values.
+    """
+    import sentencepiece
+
     from . import checkpoint, music_vae, vocoder
     from .spm_training import train_tiny_spm
 
     spm = train_tiny_spm()
-    if configs is None:
-        import sentencepiece
-
-        configs = tiny_configs(sentencepiece.SentencePieceProcessor(model_proto=spm).get_piece_size())
+    configs = {**tiny_configs(sentencepiece.SentencePieceProcessor(model_proto=spm).get_piece_size()),
+               **(configs or {})}
+    round_through = round_through or {}
     out = {}
     with torch.random.fork_rng(devices=[]):
         previous = torch.get_default_dtype()
@@ -101,39 +108,44 @@ def tiny_state_dicts(seed: int = 0, dtype: torch.dtype = torch.float32, vocoder_
                     unused = checkpoint._network(kind).unused_shapes(configs[kind])
                 for key, shape in sorted(unused.items()):
                     sd[key] = _unused_value(kind, key, tuple(shape), seed, derived)
-                out[kind] = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+                through = round_through.get(kind, dtype)
+                out[kind] = {k: (v.to(through).to(dtype) if v.is_floating_point() else v).contiguous()
+                             for k, v in sd.items()}
         finally:
             torch.set_default_dtype(previous)
     return out, spm
 
 
-def _metadata(seed: int, dtype: torch.dtype) -> dict[str, str]:
+def _metadata(seed: int, dtype: torch.dtype, extra: Optional[dict] = None) -> dict[str, str]:
     return {
         TINY_DEMO_METADATA_KEY: TINY_NOTE,
         "ace_step_studio.seed": str(seed),
         "ace_step_studio.dtype": str(dtype).replace("torch.", ""),
         "format": "pt",
+        **(extra or {}),
     }
 
 
 def write_tiny_checkpoint(out, layout: str = "all-in-one", seed: int = 0, dtype: torch.dtype = torch.float32,
-                          vocoder_variant: str = "weight_norm") -> Path:
+                          vocoder_variant: str = "weight_norm", configs: Optional[dict] = None,
+                          round_through: Optional[dict] = None, metadata: Optional[dict] = None) -> Path:
     """Writes a tiny demo checkpoint and returns its path.
 
     layout "all-in-one": one ComfyUI-style file (`out` is the file, or a folder to put TINY_FILE_NAME in).
     layout "folder": the original ACE-Step folder layout under `out` (config.json files; umt5-base also with
     tokenizer.json, tokenizer_config.json, special_tokens_map.json built from the SentencePiece model).
+    `configs` and `round_through`: as for `tiny_state_dicts`; `metadata`: extra safetensors metadata entries.
     """
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
-    states, spm = tiny_state_dicts(seed, dtype, vocoder_variant)
+    states, spm = tiny_state_dicts(seed, dtype, vocoder_variant, configs, round_through)
     out = Path(out)
     if layout == "all-in-one":
         path = out if out.suffix == ".safetensors" else out / TINY_FILE_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {ALL_IN_ONE_PREFIX[kind] + k: v for kind, sd in states.items() for k, v in sd.items()}
         tensors[SPIECE_KEY] = torch.frombuffer(bytearray(spm), dtype=torch.uint8)
-        save_safetensors(path, tensors, _metadata(seed, dtype))
+        save_safetensors(path, tensors, _metadata(seed, dtype, metadata))
         return path
     if layout != "folder":
         raise ValueError(f"unknown layout {layout!r} (all-in-one or folder)")
@@ -151,7 +163,7 @@ def write_tiny_checkpoint(out, layout: str = "all-in-one", seed: int = 0, dtype:
             tensors = {k[len("transformer."):]: v for k, v in sd.items() if k.startswith("transformer.")}
         else:
             tensors = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        save_safetensors(folder / ORIGINAL_FILES[part], tensors, _metadata(seed, dtype))
+        save_safetensors(folder / ORIGINAL_FILES[part], tensors, _metadata(seed, dtype, metadata))
         _write_json(folder / "config.json", _config_json(part, configs[net], dtype))
     umt5 = out / ORIGINAL_FOLDERS["umt5"]
     (umt5 / "tokenizer.json").write_text(spm_to_tokenizer_json(spm), encoding="utf-8")

@@ -8,6 +8,8 @@ from comfy_api.latest import io, ui
 from .audio_files import FORMATS, QUALITIES, encode_audio, save_unique
 from .common import CATEGORY, display_name, node_id
 
+AUDIO_PLAYER = io.Custom("AUDIO_UI")
+
 
 def _metadata(hidden) -> dict[str, str]:
     if args.disable_metadata:
@@ -37,13 +39,16 @@ class SaveAudio(io.ComfyNode):
                 io.Combo.Input("quality", options=["V0", "64k", "96k", "128k", "192k", "320k"], default="V0",
                                tooltip="mp3: V0 (best VBR), 128k or 320k; opus: a bit rate (V0 means 128k). "
                                        "Ignored by flac and wav."),
+                # The frontend draws its audio player for an AUDIO_UI widget (core savers get one by name); it is
+                # never sent with the prompt, hence optional.
+                AUDIO_PLAYER.Input("audioUI", optional=True, tooltip="Plays the saved song."),
             ],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, audio, filename_prefix, format, quality) -> io.NodeOutput:
+    def execute(cls, audio, filename_prefix, format, quality, audioUI=None) -> io.NodeOutput:
         allowed = QUALITIES.get(format)
         if allowed is not None and quality not in allowed:
             quality = allowed[0] if format == "mp3" else "128k"

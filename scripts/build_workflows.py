@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 UI_DIR = ROOT / "workflows"
 API_DIR = ROOT / "workflows" / "api"
+PACK_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 @dataclass
@@ -53,6 +55,32 @@ def to_api(wf: Workflow) -> dict:
     return prompt
 
 
+def _pack_of(node_type: str) -> dict:
+    """What the frontend saves to tell which node pack a node comes from (it looks unknown ones up online)."""
+    if node_type.startswith("AceStudio"):
+        return {"cnr_id": "comfyui-acestep-studio", "ver": PACK_VERSION}
+    return {"cnr_id": "comfy-core", "ver": "0.3.75"}
+
+
+def _layout(nodes: list[Node]) -> dict[int, list[int]]:
+    """Left to right by dependency depth, stacked top to bottom within a column."""
+    by_id = {n.id: n for n in nodes}
+    depth: dict[int, int] = {}
+
+    def depth_of(n: Node) -> int:
+        if n.id not in depth:
+            depth[n.id] = 1 + max((depth_of(by_id[src]) for _, _, (src, _) in n.inputs), default=-1)
+        return depth[n.id]
+
+    positions, column_bottom = {}, {}
+    for n in sorted(nodes, key=lambda n: (depth_of(n), n.id)):
+        col = depth_of(n)
+        y = column_bottom.get(col, 60)
+        positions[n.id] = [40 + 460 * col, y]
+        column_bottom[col] = y + n.size[1] + 80
+    return positions
+
+
 def to_ui(wf: Workflow) -> dict:
     links, ui_nodes = [], []
     link_id = 0
@@ -65,8 +93,8 @@ def to_ui(wf: Workflow) -> dict:
             out_links.setdefault((src, slot), []).append(link_id)
             in_links[(n.id, name)] = link_id
     order = {n.id: i for i, n in enumerate(wf.nodes)}
-    x, column_width = 40, 380
-    for i, n in enumerate(wf.nodes):
+    positions = _layout(wf.nodes)
+    for n in wf.nodes:
         values = []
         for name, value in n.widgets:
             values.append(value)
@@ -74,12 +102,12 @@ def to_ui(wf: Workflow) -> dict:
                 values.append("fixed")
         values += n.ui_only_widgets
         ui_nodes.append({
-            "id": n.id, "type": n.type, "pos": [x + column_width * (i // 3), 60 + 260 * (i % 3)],
+            "id": n.id, "type": n.type, "pos": positions[n.id],
             "size": list(n.size), "flags": {}, "order": order[n.id], "mode": 0,
             "inputs": [{"name": name, "type": typ, "link": in_links[(n.id, name)]} for name, typ, _ in n.inputs],
             "outputs": [{"name": name, "type": typ, "links": out_links.get((n.id, slot), []), "slot_index": slot}
                         for slot, (name, typ) in enumerate(n.outputs)],
-            "properties": {"Node name for S&R": n.type},
+            "properties": {"Node name for S&R": n.type, **_pack_of(n.type)},
             "widgets_values": values,
             **({"title": n.title} if n.title else {}),
         })
@@ -87,12 +115,12 @@ def to_ui(wf: Workflow) -> dict:
     if wf.note is not None:
         last_id += 1
         ui_nodes.append({
-            "id": last_id, "type": "MarkdownNote", "pos": [40, -380], "size": list(wf.note.size), "flags": {},
+            "id": last_id, "type": "MarkdownNote", "pos": [40, -40 - wf.note.size[1]], "size": list(wf.note.size), "flags": {},
             "order": len(ui_nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
             "widgets_values": [wf.note.text], "title": "How to use this workflow",
         })
     return {"last_node_id": last_id, "last_link_id": link_id, "nodes": ui_nodes, "links": links, "groups": [],
-            "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 400]}}, "version": 0.4}
+            "config": {}, "extra": {"ds": {"scale": 0.55, "offset": [60, 460]}}, "version": 0.4}
 
 
 REAL_CHECKPOINT = "ace_step_v1_3.5b.safetensors"
@@ -149,7 +177,7 @@ def _text_to_music(name: str, tags: str, lyrics: str, seconds: float, title: str
                  inputs=[("samples", "LATENT", (7, 0)), ("vae", "VAE", (1, 2))], outputs=[("AUDIO", "AUDIO")]),
             Node(9, "AceStudioSaveAudio",
                  widgets=[("filename_prefix", f"audio/{name}"), ("format", "flac"), ("quality", "V0")],
-                 inputs=[("audio", "AUDIO", (8, 0))]),
+                 inputs=[("audio", "AUDIO", (8, 0))], ui_only_widgets=[None], size=(320, 200)),
         ],
         note=Note(f"## {title}\n{intro}\n{KNOBS}"),
     )

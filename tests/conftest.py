@@ -29,6 +29,9 @@ from measure import OUTPUT_DIR  # noqa: E402
 
 
 TINY_CHECKPOINT = "ace_step_v1_tiny_demo.safetensors"
+# Test-only custom node (tests/native_hook) that lets native ComfyUI build the reduced transformer of the
+# native-equivalence checkpoint; it adds no nodes and leaves every other checkpoint alone.
+NATIVE_HOOK = "ace_step_native_parity_hook"
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +49,13 @@ def tiny_checkpoint(comfy_server) -> str:
 def comfy_server():
     """One real ComfyUI server (CPU, loopback, in-memory database) with only this pack, for the whole session.
 
-    Its base directory is test-output/comfy-base; every connection attempt it makes is logged to netlog.jsonl."""
+    Its base directory is test-output/comfy-base (custom_nodes: the pack and NATIVE_HOOK); every connection attempt
+    it makes is logged to netlog.jsonl."""
     base = OUTPUT_DIR / "comfy-base"
+    hook = base / "custom_nodes" / NATIVE_HOOK
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    if not hook.is_symlink():
+        hook.symlink_to(Path(__file__).resolve().parent / "native_hook", target_is_directory=True)
     netlog = OUTPUT_DIR / "netlog.jsonl"
     netlog.unlink(missing_ok=True)
     server = ComfyServer(base_dir=base, log_path=OUTPUT_DIR / "comfyui-server.log", netlog_path=netlog)

@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 import pytest
 
 from measure import OUTPUT_DIR, report
+from workflow_prompts import prepare_ui
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -17,7 +18,7 @@ UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 # button's missing-nodes check), even for a graph of core nodes only. Those lookups are blocked here so nothing leaves
 # the machine (the host resolver maps every name but loopback to nothing); any other request outside loopback fails
 # the test.
-FRONTEND_REGISTRY_LOOKUP = re.compile(r"^https://api\.comfy\.org/(nodes\?node_id=[\w.-]+|comfy-nodes/[\w.-]+/node)$")
+FRONTEND_REGISTRY_LOOKUP = re.compile(r"^https://api\.comfy\.org/(nodes\?node_id=[\w.-]+(&node_id=[\w.-]+)*|comfy-nodes/[\w.-]+/node)$")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-default-apps", "--metrics-recording-only",
                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
@@ -35,7 +36,7 @@ def browser():
             b.close()
 
 
-def _drop_workflow(page, path: Path):
+def _drop_workflow(page, name: str, workflow: dict):
     """What a user's drag-and-drop does: a `drop` event carrying the JSON file, on the graph canvas."""
     page.evaluate(
         """([name, text]) => {
@@ -46,12 +47,12 @@ def _drop_workflow(page, path: Path):
                 target.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true}));
             }
         }""",
-        [path.name, path.read_text()],
+        [name, json.dumps(workflow)],
     )
 
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
-def test_drop_workflow_and_run(comfy_server, browser, workflow):
+def test_drop_workflow_and_run(comfy_server, tiny_checkpoint, browser, workflow):
     comfy_server.post_json("/api/settings/Comfy.TutorialCompleted", True)
     requests = []
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
@@ -60,8 +61,9 @@ def test_drop_workflow_and_run(comfy_server, browser, workflow):
         page.goto(comfy_server.url, wait_until="domcontentloaded", timeout=60_000)
         page.wait_for_function("() => window.app && window.app.graph && window.app.canvas", timeout=60_000)
         page.wait_for_timeout(1000)  # the frontend restores its default graph after the app object appears
-        _drop_workflow(page, workflow)
-        expected = sorted(n["type"] for n in json.loads(workflow.read_text())["nodes"])
+        graph = prepare_ui(json.loads(workflow.read_text()), tiny_checkpoint)
+        _drop_workflow(page, workflow.name, graph)
+        expected = sorted(n["type"] for n in graph["nodes"])
         page.wait_for_function(
             "(want) => JSON.stringify(window.app.graph._nodes.map(n => n.type).sort()) === JSON.stringify(want)",
             arg=expected, timeout=30_000)
@@ -74,7 +76,13 @@ def test_drop_workflow_and_run(comfy_server, browser, workflow):
         page.get_by_role("button", name="Run", exact=True).first.click(timeout=30_000)
         result = page.evaluate("() => window.__aceResult", )
         assert result == "success", result
-        page.wait_for_selector("audio", state="attached", timeout=30_000)
+        # The saved song's player appears on the save node (LoadAudio's own player is not counted).
+        save_id = next(n["id"] for n in graph["nodes"] if n["type"] == "AceStudioSaveAudio")
+        page.wait_for_function(
+            """(id) => { const node = window.app.graph.getNodeById(id);
+                         return (node.widgets || []).some(w => w.element && w.element.querySelector &&
+                                 (w.element.tagName === 'AUDIO' || w.element.querySelector('audio'))); }""",
+            arg=save_id, timeout=30_000)
         shot = OUTPUT_DIR / "browser" / f"{workflow.stem}.png"
         shot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shot))

@@ -32,3 +32,16 @@ def expected_samples(prompt: dict, seconds: float) -> int:
     else:
         frames = int(seconds * 44100 / 4096)
     return frames * 4096
+
+
+def prepare_ui(workflow: dict, checkpoint: str, seconds: float = 4.0, steps: int = 3) -> dict:
+    """The UI-format counterpart of `prepare`: same changes, made to the nodes' widget values."""
+    for node in workflow["nodes"]:
+        values = node.get("widgets_values")
+        if node["type"] == "AceStudioCheckpointLoader":
+            values[0] = checkpoint
+        elif node["type"] == "AceStudioEmptyLatentAudio":
+            values[0] = seconds
+        elif node["type"] == "KSampler":
+            values[0], values[2] = random.randrange(2**32), steps  # seed, control_after_generate, steps, ...
+    return workflow

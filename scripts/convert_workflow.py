@@ -1,0 +1,54 @@
+"""Converts a workflow built from ComfyUI's native ACE-Step nodes (UI or API format, detected) to this pack's nodes,
+and prints what changed. Needs no ComfyUI.
+
+    python scripts/convert_workflow.py IN.json [OUT.json]   # OUT defaults to IN_acestudio.json beside IN
+
+Exits 1 and writes nothing when there is nothing to convert.
+"""
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_converter():
+    # By path: importing the `nodes` package would import ComfyUI, which the converter itself does not need.
+    name = "acestudio_workflow_convert"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "nodes" / "workflow_convert.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up here
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+workflow_convert = _load_converter()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", type=Path)
+    parser.add_argument("output", type=Path, nargs="?")
+    opts = parser.parse_args(argv)
+    try:
+        result = workflow_convert.convert_workflow(json.loads(opts.input.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as e:
+        print(f"{opts.input}: {e}", file=sys.stderr)
+        return 2
+    print(f"{opts.input}: {result.format.upper()} format, {len(result.changes)} change(s)")
+    for line in result.changes:
+        print(f"  {line}")
+    for line in result.warnings:
+        print(f"  warning: {line}")
+    if not result.changes:
+        return 1
+    output = opts.output or opts.input.with_name(f"{opts.input.stem}_acestudio.json")
+    output.write_text(json.dumps(result.workflow, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
