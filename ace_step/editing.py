@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .flow_steps import Velocity, euler_step, model_timestep, pingpong_step
+from .flow_steps import Velocity, as_sigma, euler_step, model_timestep, pingpong_step
 from .music_vae import SAMPLE_RATE, SAMPLES_PER_LATENT_FRAME
 from .schedules import NUM_TRAIN_TIMESTEPS
 
@@ -62,9 +62,9 @@ def _loop_levels(sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return timesteps, torch.cat([timesteps / NUM_TRAIN_TIMESTEPS, sigmas[-1:]])
 
 
-def noised(x0: torch.Tensor, z0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """(1 − σ)·x0 + σ·z0 in x0's dtype (σ a 0-dim float32 tensor): the source at noise level σ."""
-    sigma = sigma.to(x0.device)
+def noised(x0: torch.Tensor, z0: torch.Tensor, sigma) -> torch.Tensor:
+    """(1 − σ)·x0 + σ·z0 in x0's dtype (σ as a 0-dim float32 tensor): the source at noise level σ."""
+    sigma = as_sigma(sigma, x0)
     return (1 - sigma) * x0 + sigma * z0
 
 
@@ -73,7 +73,7 @@ def repaint_step(x: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, z0: torch.T
     """Plain Euler step, then everything outside the mask is replaced by the source noised to σ_next (at the last
     step σ_next = 0, i.e. the source itself)."""
     x = euler_step(x, v, sigma, sigma_next)
-    return torch.where(mask, x, noised(x0, z0, torch.as_tensor(sigma_next, dtype=torch.float32)))
+    return torch.where(mask, x, noised(x0, z0, sigma_next))
 
 
 def sample_repaint(velocity: Velocity, x0: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor,
@@ -187,6 +187,8 @@ def sample_flowedit(velocity_pair: VelocityPair, velocity_target: Velocity, x_sr
     Fixed here: with the ping-pong scheduler the original computes a phase-1 update but never applies it (the edit
     does nothing until n_max); phase 1 is always the ODE update here, ping-pong only affects phase 2.
     """
+    if scheduler not in ("euler", "pingpong"):
+        raise ValueError(f"FlowEdit steps with euler or pingpong, not {scheduler!r}")
     timesteps, levels = _loop_levels(sigmas)
     z, x = x_src.clone(), None
     for i in range(n_min, len(timesteps)):

@@ -16,7 +16,7 @@ import json
 import zlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -65,14 +65,13 @@ def _unused_value(kind: str, key: str, shape: tuple, seed: int, derived: dict) -
 
 
 def tiny_state_dicts(seed: int = 0, dtype: torch.dtype = torch.float32, vocoder_variant: str = "weight_norm",
-                     configs: Optional[dict] = None, round_through: Optional[dict] = None,
+                     configs: Optional[dict] = None, edit: Optional[Callable[[dict], None]] = None,
                      ) -> tuple[dict[str, dict[str, torch.Tensor]], bytes]:
     """({"transformer"|"vae"|"umt5": {module key: tensor}} in the real file layout (unused keys included, the
     vocoder in `vocoder_variant` form), the SentencePiece model bytes).
 
     `configs`: {network: config} replacing the tiny config of those networks (e.g. a full-size VAE).
-    `round_through`: {network: dtype}; that network's values are made exactly representable in the dtype (rounded
-    through it) and still stored in `dtype`, so a runtime that keeps those weights in that dtype uses the same values.
+    `edit(states)`: called last; may change tensor values in place, for test checkpoints that need particular ones.
     """
     import sentencepiece
 
@@ -82,7 +81,6 @@ def tiny_state_dicts(seed: int = 0, dtype: torch.dtype = torch.float32, vocoder_
     spm = train_tiny_spm()
     configs = {**tiny_configs(sentencepiece.SentencePieceProcessor(model_proto=spm).get_piece_size()),
                **(configs or {})}
-    round_through = round_through or {}
     out = {}
     with torch.random.fork_rng(devices=[]):
         previous = torch.get_default_dtype()
@@ -108,11 +106,11 @@ def tiny_state_dicts(seed: int = 0, dtype: torch.dtype = torch.float32, vocoder_
                     unused = checkpoint._network(kind).unused_shapes(configs[kind])
                 for key, shape in sorted(unused.items()):
                     sd[key] = _unused_value(kind, key, tuple(shape), seed, derived)
-                through = round_through.get(kind, dtype)
-                out[kind] = {k: (v.to(through).to(dtype) if v.is_floating_point() else v).contiguous()
-                             for k, v in sd.items()}
+                out[kind] = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
         finally:
             torch.set_default_dtype(previous)
+    if edit is not None:
+        edit(out)
     return out, spm
 
 
@@ -128,17 +126,17 @@ def _metadata(seed: int, dtype: torch.dtype, extra: Optional[dict] = None) -> di
 
 def write_tiny_checkpoint(out, layout: str = "all-in-one", seed: int = 0, dtype: torch.dtype = torch.float32,
                           vocoder_variant: str = "weight_norm", configs: Optional[dict] = None,
-                          round_through: Optional[dict] = None, metadata: Optional[dict] = None) -> Path:
+                          edit: Optional[Callable[[dict], None]] = None, metadata: Optional[dict] = None) -> Path:
     """Writes a tiny demo checkpoint and returns its path.
 
     layout "all-in-one": one ComfyUI-style file (`out` is the file, or a folder to put TINY_FILE_NAME in).
     layout "folder": the original ACE-Step folder layout under `out` (config.json files; umt5-base also with
     tokenizer.json, tokenizer_config.json, special_tokens_map.json built from the SentencePiece model).
-    `configs` and `round_through`: as for `tiny_state_dicts`; `metadata`: extra safetensors metadata entries.
+    `configs` and `edit`: as for `tiny_state_dicts`; `metadata`: extra safetensors metadata entries.
     """
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
-    states, spm = tiny_state_dicts(seed, dtype, vocoder_variant, configs, round_through)
+    states, spm = tiny_state_dicts(seed, dtype, vocoder_variant, configs, edit)
     out = Path(out)
     if layout == "all-in-one":
         path = out if out.suffix == ".safetensors" else out / TINY_FILE_NAME

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .erg import UMT5_BLOCKS, same_relative_depth
+
 EOS_ID = 1
 PAD_ID = 0
 
@@ -83,13 +85,9 @@ def erg_tag_q_scale(num_layers: int, scale: float = 0.01) -> dict[int, float]:
     """The ERG-tag q scales for an encoder of `num_layers` blocks.
 
     12 blocks (the real model) give the original {8: scale, 9: scale}. Other depths get the blocks at the same
-    relative depth (8/12 .. 9/12, at least one block), so tiny test models can run the same pipeline.
+    relative depth (`erg.same_relative_depth`), so tiny test models can run the same pipeline.
     """
-    if num_layers == 12:
-        return {8: scale, 9: scale}
-    first = min(8 * num_layers // 12, num_layers - 1)
-    last = min(max(9 * num_layers // 12, first), num_layers - 1)
-    return {i: scale for i in range(first, last + 1)}
+    return {i: scale for i in same_relative_depth(*UMT5_BLOCKS, num_layers)}
 
 
 class _Linear(nn.Linear):

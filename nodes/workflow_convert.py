@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,10 @@ MAX_BATCH_SIZE = 64  # AceStudioEmptyLatentAudio's limit; the native node allows
 ACE_ONLY = {"EmptyAceStepLatentAudio", "TextEncodeAceStepAudio"}  # nodes that exist only for ACE-Step
 ACE_FILE_NAME = re.compile(r"ace[-_ .]?step", re.IGNORECASE)
 PACK_CHECKPOINT_SUFFIXES = (".safetensors", ".sft")  # what the pack's loader lists besides original-layout folders
-# Node properties that name the node's pack and version: stale once the node is the pack's.
-PACK_PROPERTIES = ("cnr_id", "aux_id", "ver")
+PACK_ID = "comfyui-acestep-studio"  # the registry id the frontend records in a node's properties
+# A regex, not tomllib: the command also runs on Python 3.10.
+PACK_VERSION = re.search(r'^version\s*=\s*"([^"]+)"', (Path(__file__).resolve().parent.parent / "pyproject.toml")
+                         .read_text(encoding="utf-8"), re.MULTILINE)[1]
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20  # ids of a subgraph's input and output nodes in its links
 REROUTE = "Reroute"
 
@@ -274,8 +277,8 @@ class _UiWorkflow:
     def _set_type(self, node: dict, native_type: str, pack_type: str, values: dict):
         node["type"] = pack_type
         node["widgets_values"] = list(values.values())
-        properties = {k: v for k, v in node.get("properties", {}).items() if k not in PACK_PROPERTIES}
-        node["properties"] = {**properties, "Node name for S&R": pack_type}
+        node["properties"] = {**node.get("properties", {}), "Node name for S&R": pack_type, "cnr_id": PACK_ID,
+                              "ver": PACK_VERSION}
         if _is_default_title(node.get("title"), native_type):
             node.pop("title", None)  # the frontend then shows the pack node's own name
 
