@@ -27,11 +27,11 @@ def _load_converter():
 workflow_convert = _load_converter()
 
 
-def main(argv=None) -> int:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path)
     parser.add_argument("output", type=Path, nargs="?")
-    opts = parser.parse_args(argv)
+    opts = parser.parse_args()
     try:
         result = workflow_convert.convert_workflow(json.loads(opts.input.read_text(encoding="utf-8")))
     except (OSError, ValueError) as e:

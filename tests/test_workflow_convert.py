@@ -36,8 +36,8 @@ def song(kind: str, pack: bool) -> Workflow:
         Node(40, t("CheckpointLoaderSimple", "AceStudioCheckpointLoader"),
              widgets=[("ckpt_name", "ace_step_v1_3.5b.safetensors")], outputs=MCV),
         Node(14, t("TextEncodeAceStepAudio", "AceStudioTextEncode"),
-             widgets=[("tags", TAGS), ("lyrics", LYRICS), ("lyrics_strength", 0.99)], inputs=[("clip", "CLIP", (40, 1))],
-             outputs=[("CONDITIONING", "CONDITIONING")]),
+             widgets=[("tags", TAGS), ("lyrics", LYRICS), ("lyrics_strength", 0.99)],
+             inputs=[("clip", "CLIP", (40, 1))], outputs=[("CONDITIONING", "CONDITIONING")]),
         Node(44, "ConditioningZeroOut", inputs=[("conditioning", "CONDITIONING", (14, 0))],
              outputs=[("CONDITIONING", "CONDITIONING")]),
         Node(51, "ModelSamplingSD3", widgets=[("shift", 5.0)], inputs=[("model", "MODEL", (40, 0))],
@@ -96,7 +96,7 @@ def assert_links_consistent(graph: dict):
             for link_id in entry.get("links") or []:
                 assert ends[link_id][:2] == (node["id"], slot), (node["id"], entry)
     internal = {i for i, e in ends.items() if e[0] in nodes and e[2] in nodes}
-    assert internal <= named, f"links no input names: {internal - named}"
+    assert internal <= named, f"links that no input names: {internal - named}"
 
 
 @pytest.mark.parametrize("kind", ["t2a", "a2a"])
@@ -107,14 +107,15 @@ def test_ui_format_converts_to_the_expected_graph(kind):
     assert native == before, "the input workflow was modified"
     assert result.format == "ui" and result.warnings == []
     converted, expected = result.workflow, to_ui(song(kind, pack=True))
-    assert result.changes == [line for line in [
+    assert result.changes == [
         "#40 CheckpointLoaderSimple -> AceStudioCheckpointLoader",
         "#14 TextEncodeAceStepAudio -> AceStudioTextEncode",
-        "#49 LatentApplyOperationCFG + #50 LatentOperationTonemapReinhard -> AceStudioTonemapReinhard (keeps the first id)",
+        "#49 LatentApplyOperationCFG + #50 LatentOperationTonemapReinhard -> AceStudioTonemapReinhard "
+        "(keeps the first id)",
         "#18 VAEDecodeAudio -> AceStudioLatentToAudio",
         "#17 EmptyAceStepLatentAudio -> AceStudioEmptyLatentAudio" if kind == "t2a" else
         "#68 VAEEncodeAudio -> AceStudioAudioToLatent",
-    ]]
+    ]
 
     got = {n["id"]: n for n in converted["nodes"]}
     want = {n["id"]: n for n in expected["nodes"]}
@@ -178,6 +179,11 @@ def test_tables_match_the_servers_nodes(comfy_server):
     """The converter's knowledge of both node sets is what the running server defines, and every pack node takes
     its native counterpart's sockets in the same order (the converter keeps input slots and links)."""
     info = comfy_server.get_json("/object_info")
+
+    def sockets(node):
+        widgets = {name for name, _ in widget_inputs(info[node])}
+        return [n for n in info[node]["input_order"]["required"] if n not in widgets]
+
     for native, spec in wc.NATIVE.items():
         assert tuple(name for name, _ in widget_inputs(info[native])) == spec.widgets, native
         assert (info[native]["display_name"] or native) == spec.display_name, native
@@ -187,13 +193,10 @@ def test_tables_match_the_servers_nodes(comfy_server):
                     for name, opts in widget_inputs(info[pack])]
         assert defaults == list(widgets), pack
     for native, pack in wc.RENAMED.items():
-        def sockets(node):
-            widgets = {name for name, _ in widget_inputs(info[node])}
-            return [n for n in info[node]["input_order"]["required"] if n not in widgets]
         assert sockets(pack) == sockets(native) and info[pack]["output"] == info[native]["output"], native
     batch = dict(widget_inputs(info["AceStudioEmptyLatentAudio"]))["batch_size"]
     assert batch["max"] == wc.MAX_BATCH_SIZE
-    assert info[wc.MERGED]["output"] == info["LatentApplyOperationCFG"]["output"]
+    assert sockets(wc.MERGED) == ["model"] and info[wc.MERGED]["output"] == info["LatentApplyOperationCFG"]["output"]
 
 
 @pytest.mark.parametrize("kind", ["t2a", "a2a"])
@@ -270,9 +273,11 @@ def test_workflow_without_ace_step_is_left_alone():
 
 
 def _subgraph(sid: str, name: str, inputs: list, outputs: list, nodes: list, links: list) -> dict:
+    def slots(kind, pairs):
+        return [{"id": f"{sid}-{kind}{i}", "name": n, "type": t, "linkIds": []} for i, (n, t) in enumerate(pairs)]
+
     return {"id": sid, "name": name, "version": 1, "nodes": nodes, "groups": [],
-            "inputs": [{"id": f"{sid}-in{i}", "name": n, "type": t, "linkIds": []} for i, (n, t) in enumerate(inputs)],
-            "outputs": [{"id": f"{sid}-out{i}", "name": n, "type": t, "linkIds": []} for i, (n, t) in enumerate(outputs)],
+            "inputs": slots("in", inputs), "outputs": slots("out", outputs),
             "links": [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
                       for link in links]}
 
@@ -301,8 +306,8 @@ def test_subgraphs_and_reroutes_are_followed():
                  outputs=[("CONDITIONING", "CONDITIONING", [4])], widgets=[TAGS, LYRICS, 1.0]),
         _ui_node(2, "VAEDecodeAudio", inputs=[("samples", "LATENT", 2), ("vae", "VAE", 3)],
                  outputs=[("AUDIO", "AUDIO", [5])]),
-    ], [(1, -10, 0, 1, 0, "CLIP"), (3, -10, 1, 2, 1, "VAE"), (2, -10, 2, 2, 0, "LATENT"), (4, 1, 0, -20, 1, "CONDITIONING"),
-        (5, 2, 0, -20, 0, "AUDIO")])
+    ], [(1, -10, 0, 1, 0, "CLIP"), (3, -10, 1, 2, 1, "VAE"), (2, -10, 2, 2, 0, "LATENT"),
+        (4, 1, 0, -20, 1, "CONDITIONING"), (5, 2, 0, -20, 0, "AUDIO")])
     workflow = {
         "last_node_id": 15, "last_link_id": 8, "groups": [], "config": {}, "extra": {}, "version": 0.4,
         "nodes": [
@@ -330,7 +335,8 @@ def test_subgraphs_and_reroutes_are_followed():
              for g in [out] + out["definitions"]["subgraphs"] for n in g["nodes"]}
     assert types == {("root", 10): "sg-loader", ("root", 11): "Reroute", ("root", 12): "sg-encode",
                      ("root", 13): "AceStudioEmptyLatentAudio", ("root", 14): "AceStudioLatentToAudio",
-                     ("root", 15): "VAEDecodeAudio", ("Loader", 1): "AceStudioCheckpointLoader", ("Loader", 2): "VAELoader", ("Encode", 1): "AceStudioTextEncode",
+                     ("root", 15): "VAEDecodeAudio", ("Loader", 1): "AceStudioCheckpointLoader",
+                     ("Loader", 2): "VAELoader", ("Encode", 1): "AceStudioTextEncode",
                      ("Encode", 2): "AceStudioLatentToAudio"}
     assert "subgraph 'Encode' #2 VAEDecodeAudio -> AceStudioLatentToAudio" in result.changes
     assert out["links"] == workflow["links"] and out["definitions"]["subgraphs"][1]["links"] == encode["links"]
