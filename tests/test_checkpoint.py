@@ -38,9 +38,10 @@ from ace_step.safetensors_file import SafetensorsFile, save_safetensors
 from ace_step.tiny_checkpoint import tiny_state_dicts, write_tiny_checkpoint
 from ace_step.transformer import TransformerConfig
 from ace_step.umt5 import UMT5Config
+from reference import DATA_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path("/work/shared/reference/data")
+DATA = DATA_DIR
 KEYS = {"keys": "weight_norm", "keys_modern": "parametrizations"}
 FULL = {"transformer": TransformerConfig.full_size(), "vae": MusicVAEConfig.full_size(),
         "umt5": UMT5Config.full_size()}

@@ -6,7 +6,6 @@ chunked paths.
 """
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +16,9 @@ from ace_step.music_vae import MusicVAE, MusicVAEConfig
 from ace_step.vocoder import Vocoder, VocoderConfig
 from comfy_inprocess import import_comfy
 from measure import max_rel_error, report
+from reference import DATA_DIR
 
-KEYS_DIR = Path("/work/shared/reference/data")
+KEYS_DIR = DATA_DIR
 PARITY_TOL = 1e-5
 
 

@@ -3,8 +3,6 @@ golden schedules of the original classes and against the reference doc's formula
 independently in numpy / float64."""
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +15,9 @@ from ace_step.lyric_encoder import LyricEncoderConfig
 from ace_step.transformer import ACEStepTransformer, TransformerConfig
 from ace_step.umt5 import UMT5Config, UMT5Encoder, erg_tag_q_scale
 from measure import report
+from reference import REFERENCE_DIR
 
-REFERENCE = Path(os.environ.get("ACE_REFERENCE_DIR", "/work/shared/reference"))
+REFERENCE = REFERENCE_DIR
 GOLDEN = REFERENCE / "data" / "golden_schedules.json"
 OSS_PLACEHOLDER = "16, 29, 52, 96, 129, 158, 172, 183, 189, 200"  # the Gradio UI's oss_steps placeholder
 

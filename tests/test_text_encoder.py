@@ -14,8 +14,9 @@ from ace_step.spm_training import read_spm_model, spm_to_tokenizer_json, train_s
 from ace_step.text_tokenizer import UMT5Tokenizer, parse_prompt_weights
 from comfy_inprocess import import_comfy
 from measure import max_rel_error, report
+from reference import DATA_DIR
 
-KEYS_JSON = Path("/work/shared/reference/data/ace_step_v1_3.5b.keys.json")
+KEYS_JSON = DATA_DIR / "ace_step_v1_3.5b.keys.json"
 PREFIX = "text_encoders.umt5base."
 
 PROMPTS = [

@@ -2,8 +2,6 @@
 implementation, mask semantics of the original pipeline, bf16 smoke."""
 import copy
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +11,9 @@ from ace_step.rope import apply_rope, rope_tables
 from ace_step.transformer import ACEStepTransformer, TransformerConfig, batch_conditions, unused_checkpoint_shapes
 from comfy_inprocess import import_comfy
 from measure import max_rel_error, report
+from reference import REFERENCE_DIR
 
-REFERENCE = Path(os.environ.get("ACE_REFERENCE_DIR", "/work/shared/reference"))
+REFERENCE = REFERENCE_DIR
 KEYS_JSON = REFERENCE / "data" / "ace_step_v1_3.5b.keys.json"
 PREFIX = "model.diffusion_model."
 PARITY_TOL = 1e-5
