@@ -86,11 +86,13 @@ def heun_correct(x_pred: torch.Tensor, v: torch.Tensor, sigma_next, state: HeunS
 def pingpong_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Ping-pong (Stable Audio Open Small) step: x̂0 = x − σ·v, then re-noise to σ_next with fresh float32 noise
-    from `generator` for the whole batch: (1 − σ_next)·x̂0 + σ_next·ε. No omega. At σ_next = 0 this is x̂0."""
+    from `generator` for the whole batch: (1 − σ_next)·x̂0 + σ_next·ε. No omega. At σ_next = 0 this is x̂0.
+    The noise is drawn on the generator's device (a CPU generator gives the same noise on every device)."""
     sample = x.float()
     sigma, sigma_next = as_sigma(sigma, v), as_sigma(sigma_next, v)
     denoised = sample - sigma * v
-    noise = torch.empty_like(sample).normal_(generator=generator)
+    noise_device = sample.device if generator is None else generator.device
+    noise = torch.randn(sample.shape, generator=generator, device=noise_device).to(sample.device)
     return ((1 - sigma_next) * denoised + sigma_next * noise).to(v.dtype)
 
 

@@ -163,6 +163,16 @@ class LyricEncoder(nn.Module):
         )
         self.after_norm = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
 
+    def working_bytes(self, length: int, batch: int = 1) -> int:
+        """Peak memory of `forward` on [batch, length] tokens beyond the weights. The attention's [B, H, L, L]
+        tensors dominate: content and position scores (the latter 2L-1 wide), their sum and its softmax, in the
+        activation dtype (with a mask, also its filled copies); measured at a little over 5·B·H·L² elements without
+        a mask, so 6 here (the linear layers add only B·L·width)."""
+        element = next(self.parameters()).element_size()
+        c = self.config
+        width = 4 * c.hidden_size + c.linear_units
+        return element * batch * (6 * c.num_heads * length * length + length * width)
+
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: embedded lyric tokens [B, L, input_size]; mask [B, L] (nonzero = real token) or None (attend to
         all, as ComfyUI does). Returns [B, L, hidden_size]; rows at padded positions are meaningless."""

@@ -27,11 +27,11 @@ def shift_sigmas(sigmas, shift: float = SHIFT):
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def training_sigma_range(sigma_max: float = 1.0) -> tuple[float, float]:
+def training_sigma_range(sigma_max: float = 1.0, shift: float = SHIFT) -> tuple[float, float]:
     """(sigma_max', sigma_min') of a scheduler built with `sigma_max`: the ends of its 1000 shifted training
     sigmas (first shift), computed in float32 as the scheduler's constructor does."""
     t = np.linspace(1, sigma_max * NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS, dtype=np.float32)[::-1].copy()
-    sigmas = shift_sigmas(torch.from_numpy(t) / NUM_TRAIN_TIMESTEPS)
+    sigmas = shift_sigmas(torch.from_numpy(t) / NUM_TRAIN_TIMESTEPS, shift)
     return sigmas[0].item(), sigmas[-1].item()
 
 
@@ -66,24 +66,30 @@ def _with_final_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, torch.zeros(1, dtype=sigmas.dtype)])
 
 
-def _shifted_sigmas(num_steps: int, sigma_max: float) -> tuple[torch.Tensor, float, float]:
+def _shifted_sigmas(num_steps: int, sigma_max: float, shift: float) -> tuple[torch.Tensor, float, float]:
     """The N float32 sigmas of `set_timesteps(N)` (second shift) and the training range they span."""
-    top, bottom = training_sigma_range(sigma_max)
+    top, bottom = training_sigma_range(sigma_max, shift)
     t = np.linspace(top * NUM_TRAIN_TIMESTEPS, bottom * NUM_TRAIN_TIMESTEPS, num_steps)
-    return torch.from_numpy(shift_sigmas(t / NUM_TRAIN_TIMESTEPS)).float(), top, bottom
+    return torch.from_numpy(shift_sigmas(t / NUM_TRAIN_TIMESTEPS, shift)).float(), top, bottom
 
 
-def flow_schedule(num_steps: int, scheduler: str = "euler", sigma_max: float = 1.0) -> Schedule:
-    """The schedule of `scheduler.set_timesteps(num_steps)` for euler, heun or pingpong.
+def heun_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """A plain table [σ0, σ1, …, σ_N] as the original Heun scheduler holds it: every sigma after the first and
+    before the last repeated (predictor and corrector evaluate at the same level), [σ0, σ1, σ1, …, σ_{N−1},
+    σ_{N−1}, σ_N]: 2N − 1 model calls."""
+    return torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]])
 
-    Heun repeats every sigma after the first (predictor and corrector evaluate at the same level):
-    [σ0, σ1, σ1, …, σ_{N−1}, σ_{N−1}, 0], i.e. 2N − 1 model calls, while num_steps stays N as in the original.
-    """
+
+def flow_schedule(num_steps: int, scheduler: str = "euler", sigma_max: float = 1.0, shift: float = SHIFT) -> Schedule:
+    """The schedule of `scheduler.set_timesteps(num_steps)` for euler, heun or pingpong (`heun_sigmas` for
+    Heun), num_steps staying N as in the original. `shift` is the scheduler's (the original always builds them
+    with 3; a ComfyUI ModelSamplingSD3 shift enters here)."""
     _check_scheduler(scheduler)
-    sigmas, top, bottom = _shifted_sigmas(num_steps, sigma_max)
+    sigmas, top, bottom = _shifted_sigmas(num_steps, sigma_max, shift)
+    sigmas = _with_final_zero(sigmas)
     if scheduler == "heun":
-        sigmas = torch.cat([sigmas[:1], sigmas[1:].repeat_interleave(2)])
-    return Schedule(scheduler, _with_final_zero(sigmas), num_steps, top, bottom)
+        sigmas = heun_sigmas(sigmas)
+    return Schedule(scheduler, sigmas, num_steps, top, bottom)
 
 
 def parse_oss_steps(text: str) -> list[int]:
@@ -93,13 +99,18 @@ def parse_oss_steps(text: str) -> list[int]:
     list gives a non-monotone schedule; both are rejected here instead."""
     if not text.strip():
         return []
-    steps = [int(s) for s in text.split(",")]
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"oss_steps must be whole numbers separated by commas, e.g. \"16, 29, 52\"; got {text!r}") \
+            from None
     if steps[0] < 1 or any(b <= a for a, b in zip(steps, steps[1:])):
         raise ValueError(f"oss_steps must be strictly increasing integers >= 1, got {steps}")
     return steps
 
 
-def oss_schedule(oss_steps: Sequence[int], scheduler: str = "euler", dtype: torch.dtype = torch.bfloat16) -> Schedule:
+def oss_schedule(oss_steps: Sequence[int], scheduler: str = "euler", dtype: torch.dtype = torch.bfloat16,
+                 shift: float = SHIFT) -> Schedule:
     """The original's "optimal steps" schedule: N = len(oss_steps) model calls.
 
     It builds the Euler schedule with max(oss_steps) steps, picks t'[k] = timesteps[oss_steps[k] − 1] into a tensor
@@ -113,10 +124,10 @@ def oss_schedule(oss_steps: Sequence[int], scheduler: str = "euler", dtype: torc
     steps = list(oss_steps)
     if not steps:
         raise ValueError("oss_steps is empty")
-    base, top, bottom = _shifted_sigmas(max(steps), 1.0)
+    base, top, bottom = _shifted_sigmas(max(steps), 1.0, shift)
     picked = (base * NUM_TRAIN_TIMESTEPS)[[s - 1 for s in steps]].to(dtype)
     sigmas = (picked / NUM_TRAIN_TIMESTEPS).float().numpy()
-    sigmas = torch.from_numpy(shift_sigmas(sigmas)).float()
+    sigmas = torch.from_numpy(shift_sigmas(sigmas, shift)).float()
     return Schedule(scheduler, _with_final_zero(sigmas), len(steps), top, bottom)
 
 

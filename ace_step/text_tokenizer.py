@@ -16,6 +16,7 @@ weighted conditioning.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -24,8 +25,14 @@ PAD_ID = 0
 ORIGINAL_MAX_LENGTH = 256  # the original ACE-Step pipeline: truncation=True, max_length=256 (EOS included)
 
 _EMBEDDING_PREFIX = "embedding:"
+MAX_NESTING = 100  # deeper "((( ... )))" is no emphasis anyone means (1.1^100 = 13781), only a recursion risk
 # ComfyUI lets "\(" and "\)" stand for literal parentheses; they hide behind these codes while weights are parsed.
 _ESCAPES = (("\\)", "\0\1"), ("\\(", "\0\2"))
+
+
+def valid_unicode(text: str) -> str:
+    """`text` with lone surrogates (which JSON can carry but no tokenizer takes) replaced by U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _split_top_level_groups(text: str) -> list[str]:
@@ -59,7 +66,10 @@ def _split_top_level_groups(text: str) -> list[str]:
     return parts
 
 
-def _parse_weights(text: str, weight: float) -> list[tuple[str, float]]:
+def _parse_weights(text: str, weight: float, depth: int = 0) -> list[tuple[str, float]]:
+    if depth > MAX_NESTING:
+        raise ValueError(f"the tags nest parentheses more than {MAX_NESTING} deep: "
+                         "close them sooner, or write \\( and \\) for literal parentheses")
     segments: list[tuple[str, float]] = []
     for part in _split_top_level_groups(text):
         if not (len(part) >= 2 and part[0] == "(" and part[-1] == ")"):
@@ -74,7 +84,10 @@ def _parse_weights(text: str, weight: float) -> list[tuple[str, float]]:
                 inner = inner[:colon]
             except ValueError:
                 pass
-        segments.extend(_parse_weights(inner, inner_weight))
+            # A NaN or infinite weight would turn the whole condition, and so the song, into NaN.
+            if not math.isfinite(inner_weight):
+                raise ValueError(f"the tag weight in {part!r} is not a finite number: use a weight such as 1.2")
+        segments.extend(_parse_weights(inner, inner_weight, depth + 1))
     return segments
 
 
@@ -149,6 +162,7 @@ class UMT5Tokenizer:
         weight_syntax=False: the whole text in one piece, every weight 1.0 (the original pipeline).
         max_length: keep at most max_length - 1 tokens before the EOS (None: no limit, as ComfyUI).
         """
+        text = valid_unicode(text)
         pairs: list[tuple[int, float]] = []
         if weight_syntax:
             for segment, weight in parse_prompt_weights(text):

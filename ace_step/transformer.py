@@ -242,6 +242,18 @@ class ACEStepTransformer(nn.Module):
     def device(self) -> torch.device:
         return self.genre_embedder.weight.device
 
+    def working_bytes(self, batch: int, frames: int, text_tokens: int, lyric_tokens: int) -> int:
+        """Peak memory of `forward` beyond the weights: the lyric encoder's attention (quadratic in the lyrics),
+        the condition sequence, and per latent frame the patch embedding's two [B, patch_embed_dim] maps, the
+        FFN's [B, 2·ff_hidden] maps and the float32 linear attention (measured at 4096 elements per frame for the
+        tiny model, where this gives 5568)."""
+        c = self.config
+        element = next(self.parameters()).element_size()
+        per_frame = 2 * c.patch_embed_dim + 6 * c.ff_hidden + 8 * c.hidden_size
+        condition = batch * (1 + text_tokens + lyric_tokens) * c.hidden_size * 3
+        return (self.lyric_encoder.working_bytes(lyric_tokens, batch)
+                + element * (batch * frames * per_frame + condition))
+
     # ---------------------------------------------------------------- condition
     def encode_lyrics(self, lyric_ids: torch.Tensor, lyric_mask: MaskLike = None) -> torch.Tensor:
         """Token ids [B, L] -> lyric tokens in model width [B, L, hidden_size] (before lyrics_strength)."""
@@ -293,9 +305,11 @@ class ACEStepTransformer(nn.Module):
         cond: torch.Tensor,
         cond_mask: MaskLike = None,
         latent_mask: MaskLike = None,
+        cross_kv: Optional[list] = None,
     ) -> torch.Tensor:
         """Velocity (noise - clean) [B, 8, 16, W] for latent x [B, 8, 16, W] at timestep t = 1000 * sigma
         ([B] or scalar, float), given `encode_condition` output. Returned in x's dtype.
+        cross_kv: `cross_attention_kv(cond)`, when a sampler computed it once for all its steps.
 
         Masks follow the original pipeline: latent_mask [B, W] zeroes padded frames' q/k/v in self-attention;
         cond_mask [B, S] removes padded condition tokens from cross-attention. (The original builds the
@@ -323,12 +337,20 @@ class ACEStepTransformer(nn.Module):
             latent_mask = latent_mask.to(device=device, dtype=dtype)
         key_mask = None if cond_mask is None else cond_mask.to(device) != 0
 
-        for block in self.transformer_blocks:
-            h = block(h, cond, temb, rope_x, rope_cond, latent_mask, key_mask)
+        for i, block in enumerate(self.transformer_blocks):
+            kv = None if cross_kv is None else cross_kv[i]
+            h = block(h, cond, temb, rope_x, rope_cond, latent_mask, key_mask, kv)
 
         h = self.final_layer(h, embedded_timestep)  # [B, T, ph*pw*C], C fastest
         out = self._unpatchify(h, width)
         return out.to(out_dtype)
+
+    def cross_attention_kv(self, cond: torch.Tensor) -> list:
+        """Every block's cross-attention keys and values [(k, v) each [B, H, S, d]] for an `encode_condition`
+        output: constant over a sampling run, so `decode(..., cross_kv=)` need not recompute them per step."""
+        cond = cond.to(device=self.device, dtype=self.dtype)
+        rope_cond = rope_tables(cond.shape[1], self.config.head_dim, self.config.rope_theta, device=self.device)
+        return [block.cross_attn.key_value(cond, rope_cond) for block in self.transformer_blocks]
 
     def _unpatchify(self, h: torch.Tensor, width: int) -> torch.Tensor:
         ph, pw = self.config.patch_size

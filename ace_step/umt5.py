@@ -230,6 +230,13 @@ class UMT5Encoder(nn.Module):
     def blocks(self) -> nn.ModuleList:
         return self.transformer.encoder.block
 
+    def working_bytes(self, tokens: int, rows: int = 1) -> int:
+        """Peak memory of `forward` on [rows, tokens] ids beyond the weights, dominated by [N, N] tables: the int64
+        relative-position buckets and their intermediates (measured at up to 48 bytes per entry) and one layer's
+        [rows, H, N, N] float32 position bias and attention scores."""
+        cfg = self.config
+        return tokens * tokens * (48 + 8 * cfg.num_heads * rows) + 4 * rows * tokens * (4 * cfg.d_model + 3 * cfg.d_ff)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 q_scale: Mapping[int, float] | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Last hidden state after the final norm, [B, N, d_model], in `dtype` (fp32 by default, as ComfyUI).

@@ -1,8 +1,11 @@
 """The pack's ComfyUI nodes: thin translations between ComfyUI types and the `ace_step` core."""
+from . import sampler_nodes
 from .guidance import TonemapReinhard
 from .latent import AudioToLatent, EmptyLatentAudio, LatentToAudio
 from .loader import CheckpointLoader
+from .lora import LoraLoader
 from .save_audio import SaveAudio
 from .text import TextEncode
 
-NODES = [CheckpointLoader, EmptyLatentAudio, TextEncode, TonemapReinhard, AudioToLatent, LatentToAudio, SaveAudio]
+NODES = [CheckpointLoader, EmptyLatentAudio, TextEncode, TonemapReinhard, AudioToLatent, LatentToAudio, SaveAudio,
+         LoraLoader, *sampler_nodes.NODES]

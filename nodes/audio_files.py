@@ -2,6 +2,7 @@
 under a name that never replaces an existing file."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tempfile
@@ -12,6 +13,9 @@ import numpy as np
 FORMATS = ("flac", "mp3", "opus", "wav")
 QUALITIES = {"mp3": ("V0", "128k", "320k"), "opus": ("64k", "96k", "128k", "192k", "320k")}
 _OPUS_RATE = 48000  # libopus takes 8/12/16/24/48 kHz; 44.1 kHz songs go up to 48 kHz like ComfyUI's saver
+_MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # all MPEG-1/2/2.5 layer III knows
+_FLAC_MAX_RATE = 655350  # the FLAC encoder's limit
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 
 def encode_audio(waveform: np.ndarray, sample_rate: int, fmt: str, quality: str | None = None,
@@ -28,6 +32,11 @@ def encode_audio(waveform: np.ndarray, sample_rate: int, fmt: str, quality: str 
     for key, value in (metadata or {}).items():
         container.metadata[key] = value
     rate = _OPUS_RATE if fmt == "opus" else sample_rate
+    if fmt == "mp3" and rate not in _MP3_RATES:  # the nearest rate above keeps everything (48 kHz at most)
+        rate = min((r for r in _MP3_RATES if r >= sample_rate), default=_MP3_RATES[-1])
+    if fmt == "flac" and rate > _FLAC_MAX_RATE:
+        raise ValueError(f"FLAC stores at most {_FLAC_MAX_RATE:,} samples per second, this audio has {rate:,}: "
+                         "save it as wav, or resample it")
     codec = {"flac": "flac", "mp3": "libmp3lame", "opus": "libopus", "wav": "pcm_s16le"}[fmt]
     stream = container.add_stream(codec, rate=rate, layout=layout)
     if fmt == "mp3" and (quality or "V0") == "V0":
@@ -66,9 +75,9 @@ def save_unique(data: bytes, folder: str, stem: str, counter: int, ext: str) -> 
             except FileExistsError:
                 counter += 1
     except OSError as e:
-        if getattr(e, "errno", None) == 28:  # ENOSPC
-            raise OSError(f"the disk holding {folder} is full: free some space and run again "
-                          f"(nothing was overwritten)") from e
+        if e.errno in _FULL_DISK:
+            raise OSError(e.errno, f"the disk holding {folder} is full (or your quota is used up): free some space "
+                          "and run again; nothing was written and no earlier file was touched") from e
         raise
     finally:
         if os.path.exists(tmp):

@@ -12,25 +12,63 @@ import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.supported_models
 import comfy.utils
 import torch
 
+from ..ace_step.condition_cache import ConditionCache
 from ..ace_step.transformer import ACEStepTransformer
 from ..ace_step.umt5 import encode_token_weights
+from .audio_input import float_waveform, to_stereo
+from .memory import require_memory
 
 LATENT_SAMPLES_PER_FRAME = 4096  # 8 mel frames of hop 512 at 44.1 kHz
+LATENT_CHANNELS, LATENT_HEIGHT = 8, 16
 SAMPLE_RATE = 44100
+TRAINED_LYRIC_TOKENS = 4096  # the longest lyrics ACE-Step v1 was trained on (tech report)
 
 
 class ComfyCallableTransformer(ACEStepTransformer):
-    """Our transformer, called the way ComfyUI's ACE-Step BaseModel calls its diffusion model."""
+    """Our transformer, called the way ComfyUI's ACE-Step BaseModel calls its diffusion model.
+
+    Within a sampling run the condition encoders and the cross-attention keys/values run once per distinct condition,
+    not at every step (ace_step.condition_cache); the patcher's pre-run and cleanup callbacks bracket the run."""
 
     def forward(self, x, timestep, context=None, lyric_token_idx=None, lyrics_strength=1.0, speaker_embeds=None,
                 transformer_options=None, control=None, **kwargs):
+        # ComfyUI's own layers check its interrupt flag on every op; plain torch layers never do, so once per call.
+        mm.throw_exception_if_processing_interrupted()
+        check_song_latent(x)
+        self._require_memory(x.shape[0], x.shape[-1], 0 if context is None else context.shape[1],
+                             0 if lyric_token_idx is None else lyric_token_idx.shape[-1])
         # ComfyUI always sends zero speaker embeddings of the full model's width; ours are zeros of the right width.
-        return super().forward(x, timestep, text_hidden=context, lyric_ids=lyric_token_idx,
-                               lyrics_strength=lyrics_strength)
+        cache = getattr(self, "condition_cache", None)
+        if cache is None or context is None or lyric_token_idx is None or isinstance(lyrics_strength, torch.Tensor):
+            return super().forward(x, timestep, text_hidden=context, lyric_ids=lyric_token_idx,
+                                   lyrics_strength=lyrics_strength)
+        cond, cross_kv = cache.lookup(self, context, lyric_token_idx, float(lyrics_strength))
+        return self.decode(x, timestep, cond, cross_kv=cross_kv)
+
+    def start_run(self, patcher):
+        """Before sampling (the patcher's pre-run). ComfyUI's weight hooks (a LoRA scheduled on a conditioning) patch
+        weights in place between steps, so a run with any is not cached."""
+        self.condition_cache = None if patcher.hook_patches else ConditionCache()
+
+    def end_run(self, patcher):
+        """After sampling (the patcher's cleanup): frees the run's cache."""
+        self.condition_cache = None
+
+    def _require_memory(self, batch: int, frames: int, text_tokens: int, lyric_tokens: int):
+        needed = self.working_bytes(batch, frames, text_tokens, lyric_tokens)
+        if self.lyric_encoder.working_bytes(lyric_tokens, batch) > needed / 2:
+            what = f"encoding {lyric_tokens:,} lyric tokens (the lyric encoder's attention grows with their square)"
+            fix = (f"shorten the lyrics: ACE-Step v1 was trained on up to {TRAINED_LYRIC_TOKENS:,} tokens, and a "
+                   "song's lyrics are rarely above 2,000")
+        else:
+            what = f"sampling {batch} × {frames:,} latent frames ({frames * LATENT_SAMPLES_PER_FRAME / SAMPLE_RATE:,.0f} s)"
+            fix = "lower the batch size or the song length"
+        require_memory(needed, self.device, what, fix)
 
 
 def model_patcher(transformer: ACEStepTransformer) -> comfy.model_patcher.ModelPatcher:
@@ -41,8 +79,11 @@ def model_patcher(transformer: ACEStepTransformer) -> comfy.model_patcher.ModelP
     # The same module, re-typed so ComfyUI's call signature reaches our forward; parameters are untouched.
     transformer.__class__ = ComfyCallableTransformer
     base.diffusion_model = transformer
-    return comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, transformer.start_run)
+    patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, transformer.end_run)
+    return patcher
 
 
 class AceStepClip:
@@ -67,6 +108,12 @@ class AceStepClip:
         return self.patcher
 
     def encode_from_tokens(self, tokens: dict, return_pooled=False, return_dict=False):
+        tags = tokens["umt5base"]
+        rows = 2 if any(w != 1.0 for _, w in tags) else 1  # weighted prompts encode an empty row beside
+        require_memory(self.text_encoder.working_bytes(len(tags), rows), self.patcher.load_device,
+                       f"encoding {len(tags):,} tag tokens (the text encoder's attention grows with their square)",
+                       "shorten the tags: a few dozen comma-separated words describe a song, and the original "
+                       "ACE-Step reads only the first 256 tokens")
         self.load_model()
         cond = encode_token_weights(self.patcher.model, tokens["umt5base"]).to(mm.intermediate_device())
         lyrics = torch.tensor([tokens["lyrics"]], dtype=torch.long, device=mm.intermediate_device())
@@ -78,6 +125,17 @@ class AceStepClip:
         out = self.encode_from_tokens(tokens, return_dict=True)
         cond = out.pop("cond")
         return [[cond, {**out, **(add_dict or {})}]]
+
+
+def check_song_latent(latent):
+    """Refuses what is not an ACE-Step song latent [batch, 8, 16, frames] (an image latent, another audio model's),
+    before it reaches a layer whose shape error would say nothing useful."""
+    shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else None
+    if shape is None or len(shape) != 4 or shape[1:3] != (LATENT_CHANNELS, LATENT_HEIGHT) or 0 in shape:
+        raise ValueError(f"this LATENT ({'shape ' + str(list(shape)) if shape is not None else type(latent).__name__})"
+                         f" is not an ACE-Step song latent [batch, {LATENT_CHANNELS}, {LATENT_HEIGHT}, frames]: it "
+                         "comes from an image or another audio model, or is empty; connect an ACE-Step latent (Empty "
+                         "ACE-Step Latent Audio, Audio to ACE-Step Latent, or a sampler fed by them)")
 
 
 class AceStepVae:
@@ -104,11 +162,26 @@ class AceStepVae:
             progress.update_absolute(done, total)
         return step
 
+    def _require_memory(self, window_bytes: int, result_bytes: int, what: str, fix: str):
+        """The working memory of one window plus the whole result on the VAE's device, and the result again where
+        it is handed on when that is another device."""
+        require_memory(window_bytes + result_bytes, self.patcher.load_device, what, fix)
+        if torch.device(mm.intermediate_device()) != torch.device(self.patcher.load_device):
+            require_memory(result_bytes, mm.intermediate_device(), what, fix)
+
     def encode_audio(self, waveform: torch.Tensor, sample_rate: int) -> torch.Tensor:
-        """[B, 2, T] at any rate -> latent [B, 8, 16, ceil(T·44100/sr / 4096)] on the intermediate device."""
-        self._load(int(min(waveform.shape[-1], self.CHUNK_FRAMES * LATENT_SAMPLES_PER_FRAME) * 330 * 4))
+        """[B, C, T] at any rate, float or integer PCM, any channel count (folded to stereo) -> latent
+        [B, 8, 16, ceil(T·44100/sr / 4096)] on the intermediate device."""
+        batch, channels, samples = waveform.shape
+        frames = self.music_vae.latent_frames(-(-samples * SAMPLE_RATE // sample_rate))
+        window_bytes = int(min(samples, self.CHUNK_FRAMES * LATENT_SAMPLES_PER_FRAME) * 330 * 4)
+        # float32 copies of the input, then of the stereo signal resampled and padded (two alive at once).
+        copies = 4 * batch * (channels * samples + 2 * 2 * frames * LATENT_SAMPLES_PER_FRAME)
+        self._require_memory(window_bytes, copies, f"encoding {batch} × {samples / sample_rate:,.0f} s of audio",
+                             "encode fewer or shorter songs at once (Trim Audio Duration cuts a song)")
+        waveform = to_stereo(float_waveform(waveform))
+        self._load(window_bytes)
         device = self.patcher.load_device
-        frames = self.music_vae.latent_frames(-(-waveform.shape[-1] * SAMPLE_RATE // sample_rate))
         progress = comfy.utils.ProgressBar(self.music_vae.count_windows(frames, self.CHUNK_FRAMES, self.OVERLAP_FRAMES))
         latent = self.music_vae.encode_chunked(waveform.to(device), sample_rate, self.CHUNK_FRAMES, self.OVERLAP_FRAMES,
                                                on_window=self._on_window(progress))
@@ -116,9 +189,20 @@ class AceStepVae:
 
     def decode_audio(self, latent: torch.Tensor) -> torch.Tensor:
         """latent [B, 8, 16, W] -> waveform [B, 2, 4096·W] at 44.1 kHz on the intermediate device."""
-        self._load(int(16 * min(latent.shape[-1], self.CHUNK_FRAMES + 2 * self.OVERLAP_FRAMES) * 87000 * 4))
-        progress = comfy.utils.ProgressBar(self.music_vae.count_windows(latent.shape[-1], self.CHUNK_FRAMES,
-                                                                        self.OVERLAP_FRAMES))
+        check_song_latent(latent)
+        batch, frames = latent.shape[0], latent.shape[-1]
+        window_bytes = int(16 * min(frames, self.CHUNK_FRAMES + 2 * self.OVERLAP_FRAMES) * 87000 * 4)
+        self._require_memory(window_bytes, 4 * batch * 2 * frames * LATENT_SAMPLES_PER_FRAME,
+                             f"decoding {batch} × {frames * LATENT_SAMPLES_PER_FRAME / SAMPLE_RATE:,.0f} s of audio",
+                             "decode fewer songs at once (a smaller batch) or shorter ones")
+        if not torch.isfinite(latent).all():
+            raise ValueError("the latent contains NaN or infinite values, so its audio would be noise or silence: "
+                             "sampling diverged (a NaN or very large cfg, shift, guidance or prompt weight?) or the "
+                             "checkpoint is damaged")
+        self._load(window_bytes)
+        # Checked before the first window too: the windows' own checks come only after each one.
+        mm.throw_exception_if_processing_interrupted()
+        progress = comfy.utils.ProgressBar(self.music_vae.count_windows(frames, self.CHUNK_FRAMES, self.OVERLAP_FRAMES))
         audio = self.music_vae.decode_chunked(latent.to(self.patcher.load_device), self.CHUNK_FRAMES,
                                               self.OVERLAP_FRAMES, on_window=self._on_window(progress))
         return audio.to(mm.intermediate_device())

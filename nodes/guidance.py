@@ -2,7 +2,7 @@
 from comfy_api.latest import io
 
 from ..ace_step.guidance import reinhard_tonemap
-from .common import CATEGORY, display_name, node_id
+from .common import CATEGORY, display_name, finite, node_id
 
 
 class TonemapReinhard(io.ComfyNode):
@@ -25,6 +25,8 @@ class TonemapReinhard(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, multiplier) -> io.NodeOutput:
+        finite("multiplier", multiplier)
+
         def pre_cfg(args):
             conds_out = args["conds_out"]
             if len(conds_out) <= 1 or conds_out[1] is None:

@@ -1,10 +1,14 @@
 """Latent nodes: empty song latents, and AUDIO <-> LATENT through the ACE-Step VAE."""
+import math
+
 import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from .comfy_models import LATENT_SAMPLES_PER_FRAME, SAMPLE_RATE
+from .audio_input import audio_parts
+from .comfy_models import LATENT_CHANNELS, LATENT_HEIGHT, LATENT_SAMPLES_PER_FRAME, SAMPLE_RATE
 from .common import CATEGORY, display_name, node_id
+from .memory import require_memory
 
 MAX_SECONDS = 1000.0
 TRAINED_MAX_SECONDS = 240.0
@@ -36,34 +40,11 @@ class EmptyLatentAudio(io.ComfyNode):
     def execute(cls, seconds, batch_size) -> io.NodeOutput:
         if not 1.0 <= seconds <= MAX_SECONDS:
             raise ValueError(f"seconds must be between 1 and {MAX_SECONDS:.0f}, got {seconds}")
-        latent = torch.zeros([batch_size, 8, 16, frames_for_seconds(seconds)], device=mm.intermediate_device())
-        return io.NodeOutput({"samples": latent, "type": "audio"})
-
-
-def to_stereo(waveform: torch.Tensor) -> torch.Tensor:
-    """[B, C, T] -> [B, 2, T]: mono is duplicated; more channels are folded (even channels left, odd right)."""
-    channels = waveform.shape[1]
-    if channels == 2:
-        return waveform
-    if channels == 1:
-        return waveform.expand(-1, 2, -1)
-    if channels == 0:
-        raise ValueError("the audio has no channels")
-    return torch.stack([waveform[:, 0::2].mean(1), waveform[:, 1::2].mean(1)], dim=1)
-
-
-def checked_waveform(audio: dict) -> tuple[torch.Tensor, int]:
-    waveform, rate = audio["waveform"], int(audio["sample_rate"])
-    if waveform.ndim != 3:
-        raise ValueError(f"AUDIO waveform must be [batch, channels, samples], got shape {tuple(waveform.shape)}")
-    if rate <= 0:
-        raise ValueError(f"invalid sample rate {rate}")
-    if waveform.shape[-1] == 0:
-        raise ValueError("the audio is empty (0 samples): load a longer file")
-    waveform = waveform.float()
-    if not torch.isfinite(waveform).all():
-        raise ValueError("the audio contains NaN or infinite samples: re-export it from your audio editor")
-    return to_stereo(waveform), rate
+        shape = [batch_size, LATENT_CHANNELS, LATENT_HEIGHT, frames_for_seconds(seconds)]
+        device = mm.intermediate_device()
+        require_memory(4 * math.prod(shape), device, f"an empty latent for {batch_size} × {seconds:g} s",
+                       "lower batch_size or seconds")
+        return io.NodeOutput({"samples": torch.zeros(shape, device=device), "type": "audio"})
 
 
 class AudioToLatent(io.ComfyNode):
@@ -85,7 +66,7 @@ class AudioToLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, vae) -> io.NodeOutput:
-        waveform, rate = checked_waveform(audio)
+        waveform, rate = audio_parts(audio)
         return io.NodeOutput({"samples": vae.encode_audio(waveform, rate), "type": "audio"})
 
 

@@ -11,6 +11,7 @@ from ..ace_step.checkpoint import load_ace_step
 from ..ace_step.lyrics import LyricTokenizer
 from .comfy_models import AceStepClip, AceStepVae, model_patcher
 from .common import CATEGORY, display_name, node_id
+from .paths import model_file, model_folder, plain_relative_name
 
 ORIGINAL_LAYOUT_MARKER = "ace_step_transformer"
 FOLDER_SUFFIX = "/"
@@ -34,15 +35,10 @@ def checkpoint_choices() -> list[str]:
 
 
 def resolve_checkpoint(name: str) -> Path:
-    """The file or folder behind a choice; never outside ComfyUI's checkpoint folders."""
-    if name.endswith(FOLDER_SUFFIX):
-        for base in folder_paths.get_folder_paths("checkpoints"):
-            root = Path(base).resolve()
-            candidate = (root / name.rstrip("/")).resolve()
-            if candidate.parent == root and (candidate / ORIGINAL_LAYOUT_MARKER).is_dir():
-                return candidate
-        raise FileNotFoundError(f"no ACE-Step folder {name!r} in {folder_paths.get_folder_paths('checkpoints')}")
-    return Path(folder_paths.get_full_path_or_raise("checkpoints", name))
+    """The file or folder behind a choice; never outside ComfyUI's folders (see paths.py)."""
+    if plain_relative_name(name, "checkpoint").endswith(FOLDER_SUFFIX):
+        return model_folder("checkpoints", name, ORIGINAL_LAYOUT_MARKER)
+    return model_file("checkpoints", name)
 
 
 def comfyui_root() -> Path:

@@ -1,12 +1,15 @@
 """Save Audio: FLAC, MP3, Opus or WAV into ComfyUI's output folder, workflow embedded, previewed in the UI."""
 import json
 
-import folder_paths
+import torch
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 
 from .audio_files import FORMATS, QUALITIES, encode_audio, save_unique
+from .audio_input import audio_parts, float_waveform, to_stereo
 from .common import CATEGORY, display_name, node_id
+from .memory import require_memory
+from .paths import save_folder
 
 AUDIO_PLAYER = io.Custom("AUDIO_UI")
 
@@ -29,7 +32,8 @@ class SaveAudio(io.ComfyNode):
             node_id=node_id("SaveAudio"),
             display_name=display_name("Save Audio"),
             category=CATEGORY,
-            description="Saves each song of the batch to the output folder; never replaces an existing file.",
+            description="Saves each song of the batch to the output folder; never replaces an existing file. Audio "
+                        "with more than two channels is folded to stereo (even channels left, odd right).",
             inputs=[
                 io.Audio.Input("audio", tooltip="The audio to save (ComfyUI AUDIO, any sample rate, mono or stereo)."),
                 io.String.Input("filename_prefix", default="audio/ACE-Step",
@@ -52,16 +56,19 @@ class SaveAudio(io.ComfyNode):
         allowed = QUALITIES.get(format)
         if allowed is not None and quality not in allowed:
             quality = allowed[0] if format == "mp3" else "128k"
-        waveform = audio["waveform"]
-        if waveform.ndim != 3:
-            raise ValueError(f"AUDIO waveform must be [batch, channels, samples], got shape {tuple(waveform.shape)}")
-        out_dir = folder_paths.get_output_directory()
-        # Refuses prefixes that leave the output folder (`..`, absolute paths).
-        folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
+        waveform, rate = audio_parts(audio)
+        batch, channels, samples = waveform.shape
+        # The batch as float32, plus one song's encoding buffers.
+        require_memory(4 * channels * samples * (batch + 4), torch.device("cpu"),
+                       f"saving {batch} × {samples / rate:,.0f} s of audio", "save fewer or shorter songs at once")
+        folder, stem, counter, subfolder = save_folder(filename_prefix)
+        waveform = float_waveform(waveform.detach())
+        if channels > 2:
+            waveform = to_stereo(waveform)
         meta = _metadata(cls.hidden)
         results = []
-        for i, item in enumerate(waveform.detach().float().cpu().numpy()):
-            data = encode_audio(item, int(audio["sample_rate"]), format, allowed and quality, meta)
+        for i, item in enumerate(waveform.cpu().numpy()):
+            data = encode_audio(item, rate, format, allowed and quality, meta)
             name = save_unique(data, folder, stem.replace("%batch_num%", str(i)), counter, format)
             results.append(ui.SavedResult(name, subfolder, io.FolderType.output))
         return io.NodeOutput(ui=ui.SavedAudios(results))

@@ -2,7 +2,9 @@
 import node_helpers
 from comfy_api.latest import io
 
-from .common import CATEGORY, display_name, node_id
+from .comfy_models import AceStepClip
+from .common import CATEGORY, display_name, finite, node_id
+from .original_sampling import ERG_TEXT_KEY, erg_tag_hidden
 
 
 class TextEncode(io.ComfyNode):
@@ -31,6 +33,11 @@ class TextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, tags, lyrics, lyrics_strength) -> io.NodeOutput:
-        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(tags, lyrics=lyrics))
-        conditioning = node_helpers.conditioning_set_values(conditioning, {"lyrics_strength": lyrics_strength})
+        finite("lyrics_strength", lyrics_strength)
+        tokens = clip.tokenize(tags, lyrics=lyrics)
+        conditioning = clip.encode_from_tokens_scheduled(tokens)
+        values = {"lyrics_strength": lyrics_strength}
+        if isinstance(clip, AceStepClip):  # the original sampling's tag ERG needs the tags encoded once more
+            values[ERG_TEXT_KEY] = erg_tag_hidden(clip, tokens)
+        conditioning = node_helpers.conditioning_set_values(conditioning, values)
         return io.NodeOutput(conditioning)

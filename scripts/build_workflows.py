@@ -183,6 +183,98 @@ def _text_to_music(name: str, tags: str, lyrics: str, seconds: float, title: str
     )
 
 
+ORIGINAL_KNOBS = """
+**Knobs** (defaults are the original ACE-Step app's)
+- *seeds*: "1,2,3" makes three songs, one per seed; empty = random (the seeds output tells which).
+- *duration*: seconds; -1 = random 30-240 s as in the original app (drawn from the first seed).
+- *steps* 60, *scheduler* euler/heun/pingpong, *omega_scale* 10 ("granularity": higher = crisper detail).
+- *cfg_type* apg, *guidance_scale* 15, applied in the middle *guidance_interval* 0.5 of the steps.
+- *use_erg_tag / use_erg_lyric / use_erg_diffusion*: the unconditional pass sees attention-flattened tags, lyrics
+  and transformer instead of nothing.
+- *guidance_scale_text / _lyric* both above 1: double guidance (text, then lyrics).
+
+Put `ace_step_v1_3.5b.safetensors` in `models/checkpoints/` (or the original ACE-Step folder).
+"""
+
+
+def _original_quality() -> Workflow:
+    return Workflow(
+        "ace_step_original_quality",
+        nodes=[
+            Node(1, "AceStudioCheckpointLoader", widgets=[("ckpt_name", REAL_CHECKPOINT)],
+                 outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+            Node(2, "AceStudioTextEncode", widgets=[("tags", SONG_TAGS), ("lyrics", SONG_LYRICS),
+                                                     ("lyrics_strength", 1.0)],
+                 inputs=[("clip", "CLIP", (1, 1))], outputs=[("CONDITIONING", "CONDITIONING")], size=(420, 360)),
+            Node(3, "AceStudioOriginalSampler",
+                 widgets=[("seeds", "42"), ("duration", 120.0), ("steps", 60), ("scheduler", "euler"),
+                          ("cfg_type", "apg"), ("guidance_scale", 15.0), ("omega_scale", 10.0),
+                          ("guidance_interval", 0.5), ("guidance_interval_decay", 0.0), ("min_guidance_scale", 3.0),
+                          ("use_erg_tag", True), ("use_erg_lyric", True), ("use_erg_diffusion", True),
+                          ("guidance_scale_text", 0.0), ("guidance_scale_lyric", 0.0), ("oss_steps", "")],
+                 inputs=[("model", "MODEL", (1, 0)), ("positive", "CONDITIONING", (2, 0))],
+                 outputs=[("LATENT", "LATENT"), ("seeds", "STRING")], size=(340, 520)),
+            Node(4, "AceStudioLatentToAudio", widgets=[("normalize", True)],
+                 inputs=[("samples", "LATENT", (3, 0)), ("vae", "VAE", (1, 2))], outputs=[("AUDIO", "AUDIO")]),
+            Node(5, "AceStudioSaveAudio",
+                 widgets=[("filename_prefix", "audio/ace_step_original_quality"), ("format", "flac"),
+                          ("quality", "V0")],
+                 inputs=[("audio", "AUDIO", (4, 0))], ui_only_widgets=[None], size=(320, 200)),
+        ],
+        note=Note("## ACE-Step: original quality\nOne node samples exactly as the original ACE-Step app (APG, ERG, "
+                  "guidance interval, omega, its schedule).\n" + ORIGINAL_KNOBS),
+    )
+
+
+def _original_custom_sampling() -> Workflow:
+    return Workflow(
+        "ace_step_original_custom_sampling",
+        nodes=[
+            Node(1, "AceStudioCheckpointLoader", widgets=[("ckpt_name", REAL_CHECKPOINT)],
+                 outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+            Node(2, "AceStudioTextEncode", widgets=[("tags", SONG_TAGS), ("lyrics", SONG_LYRICS),
+                                                     ("lyrics_strength", 1.0)],
+                 inputs=[("clip", "CLIP", (1, 1))], outputs=[("CONDITIONING", "CONDITIONING")], size=(420, 360)),
+            Node(3, "AceStudioErgNegative", widgets=[("use_erg_tag", True), ("use_erg_lyric", True)],
+                 inputs=[("positive", "CONDITIONING", (2, 0))], outputs=[("CONDITIONING", "CONDITIONING")]),
+            Node(4, "AceStudioTextOnlyConditioning", widgets=[("use_erg_lyric", True)],
+                 inputs=[("positive", "CONDITIONING", (2, 0))], outputs=[("CONDITIONING", "CONDITIONING")]),
+            Node(5, "AceStudioOriginalGuider",
+                 widgets=[("cfg_type", "apg"), ("guidance_scale", 15.0), ("guidance_interval", 0.5),
+                          ("guidance_interval_decay", 0.0), ("min_guidance_scale", 3.0), ("use_erg_diffusion", True),
+                          ("guidance_scale_text", 0.0), ("guidance_scale_lyric", 0.0)],
+                 inputs=[("model", "MODEL", (1, 0)), ("positive", "CONDITIONING", (2, 0)),
+                         ("negative", "CONDITIONING", (3, 0)), ("text_only", "CONDITIONING", (4, 0))],
+                 outputs=[("GUIDER", "GUIDER")], size=(340, 330)),
+            Node(6, "AceStudioOriginalSamplerSelect", widgets=[("scheduler", "euler"), ("omega_scale", 10.0)],
+                 outputs=[("SAMPLER", "SAMPLER")]),
+            Node(7, "AceStudioOriginalSchedule", widgets=[("steps", 60), ("oss_steps", "")],
+                 inputs=[("model", "MODEL", (1, 0))], outputs=[("SIGMAS", "SIGMAS")]),
+            Node(8, "AceStudioSeedsNoise", widgets=[("seeds", "42")],
+                 outputs=[("NOISE", "NOISE"), ("seeds", "STRING")]),
+            Node(9, "AceStudioEmptyLatentAudio", widgets=[("seconds", 120.0), ("batch_size", 1)],
+                 outputs=[("LATENT", "LATENT")]),
+            Node(10, "SamplerCustomAdvanced",
+                 inputs=[("noise", "NOISE", (8, 0)), ("guider", "GUIDER", (5, 0)), ("sampler", "SAMPLER", (6, 0)),
+                         ("sigmas", "SIGMAS", (7, 0)), ("latent_image", "LATENT", (9, 0))],
+                 outputs=[("output", "LATENT"), ("denoised_output", "LATENT")], size=(320, 160)),
+            Node(11, "AceStudioLatentToAudio", widgets=[("normalize", True)],
+                 inputs=[("samples", "LATENT", (10, 0)), ("vae", "VAE", (1, 2))], outputs=[("AUDIO", "AUDIO")]),
+            Node(12, "AceStudioSaveAudio",
+                 widgets=[("filename_prefix", "audio/ace_step_original_custom_sampling"), ("format", "flac"),
+                          ("quality", "V0")],
+                 inputs=[("audio", "AUDIO", (11, 0))], ui_only_widgets=[None], size=(320, 200)),
+        ],
+        note=Note("## ACE-Step: original sampling, piece by piece\nThe original ACE-Step app's sampling as "
+                  "SamplerCustomAdvanced parts: *Original Schedule* (SIGMAS), *Original Sampler Select* (euler with "
+                  "omega / heun / pingpong), *Original Guider* (APG, guidance interval, diffusion ERG, double "
+                  "guidance), *ERG Negative* (the unconditional condition), *Text-only Condition* (used only when "
+                  "both double-guidance scales are above 1) and *Seeds Noise* (one seed per song). Swap any part "
+                  "for a core one (e.g. KSamplerSelect, BasicScheduler, CFGGuider).\n" + ORIGINAL_KNOBS,
+                  size=(460, 420)),
+    )
+
+
 def workflows() -> list[Workflow]:
     song = _text_to_music("ace_step_song", SONG_TAGS, SONG_LYRICS, 120.0, "ACE-Step: text to song",
                           "Tags and lyrics in, a 44.1 kHz stereo song out.")
@@ -201,7 +293,42 @@ def workflows() -> list[Workflow]:
     ]
     sampler = next(n for n in a2a.nodes if n.id == 7)
     sampler.widgets = [(k, 0.5 if k == "denoise" else v) for k, v in sampler.widgets]
-    return [song, instrumental, a2a]
+    return [song, instrumental, a2a, _lora(), _original_quality(), _original_custom_sampling()]
+
+
+RAP_LORA = "ace_step_v1_chinese_rap_lora.safetensors"
+RAP_TAGS = "chinese rap, hip-hop, male vocals, boom bap, punchy drums, deep bass, 92 BPM, energetic, confident"
+RAP_LYRICS = """[verse]
+夜里的城市还没有睡
+我把心事写进每一句
+节拍一响我就往前冲
+不回头也不怕风
+
+[chorus]
+Turn it up, turn it up
+让声音穿过整条街
+Turn it up, turn it up
+今晚我们不停歇"""
+
+
+def _lora() -> Workflow:
+    wf = _text_to_music(
+        "ace_step_lora", RAP_TAGS, RAP_LYRICS, 60.0, "ACE-Step: song with a LoRA",
+        "The checkpoint's MODEL goes through *ACE-Step LoRA* before sampling; chain more LoRA nodes to stack them, "
+        "bypass the node to hear the base model.\n\n"
+        f"**LoRA file**: RapMachine (Chinese rap) is `pytorch_lora_weights.safetensors` from Hugging Face "
+        f"`ACE-Step/ACE-Step-v1-chinese-rap-LoRA`; save it as `models/loras/{RAP_LORA}`. Any ACE-Step v1 LoRA in "
+        "PEFT/diffusers, ComfyUI or kohya format works.\n\n"
+        "**Strength and scale**: strength multiplies the LoRA's change (0 = off, negative inverts it). A file that "
+        "stores no alpha, like RapMachine, runs at scale 1, as in ACE-Step's own app; its training scale was "
+        "alpha 32 with rsLoRA (32/sqrt(256) = 2): set alpha 32 and rank_scaling rsLoRA, or strength 2, to hear that.")
+    wf.nodes.append(Node(11, "AceStudioLoraLoader",
+                         widgets=[("lora_name", RAP_LORA), ("strength", 1.0), ("alpha", 0.0),
+                                  ("rank_scaling", "from file")],
+                         inputs=[("model", "MODEL", (1, 0))], outputs=[("MODEL", "MODEL")], size=(320, 180)))
+    shift = next(n for n in wf.nodes if n.id == 2)
+    shift.inputs = [("model", "MODEL", (11, 0))]
+    return wf
 
 
 def rendered() -> dict[Path, str]:

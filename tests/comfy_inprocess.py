@@ -1,6 +1,6 @@
 """Imports the installed ComfyUI into the test process, for parity tests against its own ACE-Step code.
 
-Only tests use this; nothing of ComfyUI is copied into the pack.
+Only tests and scripts/benchmark.py use this; nothing of ComfyUI is copied into the pack.
 """
 import os
 import sys
@@ -13,8 +13,8 @@ def comfyui_path() -> Path:
     return Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfyui")
 
 
-def import_comfy():
-    """Makes `comfy` importable on CPU and returns the ComfyUI root."""
+def import_comfy(cpu: bool = True, lowvram: bool = False):
+    """Makes `comfy` importable (on CPU unless `cpu=False`; `lowvram`: ComfyUI's --lowvram) and returns its root."""
     path = comfyui_path()
     if not (path / "main.py").exists():
         raise RuntimeError(f"no ComfyUI at {path}: run `bash scripts/setup.sh` first")
@@ -23,7 +23,8 @@ def import_comfy():
         sys.path.insert(0, str(path))
     from comfy.cli_args import args
 
-    args.cpu = True
-    import comfy.model_management  # noqa: F401  (device detection reads args.cpu)
+    args.cpu = cpu
+    args.lowvram = lowvram
+    import comfy.model_management  # noqa: F401  (device detection reads args.cpu and args.lowvram)
 
     return path

@@ -32,16 +32,24 @@ TINY_CHECKPOINT = "ace_step_v1_tiny_demo.safetensors"
 # Test-only custom node (tests/native_hook) that lets native ComfyUI build the reduced transformer of the
 # native-equivalence checkpoint; it adds no nodes and leaves every other checkpoint alone.
 NATIVE_HOOK = "ace_step_native_parity_hook"
+# Test-only nodes (tests/hostile_nodes) that craft AUDIO and LATENT no file can carry, for the hostile-input corpus.
+HOSTILE_NODES = "ace_step_hostile_test_nodes"
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(comfy_server) -> str:
-    """The tiny demo checkpoint (real key layout, random weights) in the test server's models/checkpoints/."""
-    from ace_step.tiny_checkpoint import write_tiny_checkpoint
+    """The tiny demo checkpoint (real key layout, random weights) in the test server's models/checkpoints/, and a
+    LoRA for it (PEFT keys, no alpha: RapMachine's format) in models/loras/ as workflow_prompts.TINY_LORA."""
+    from ace_step.lora import write_test_lora
+    from ace_step.tiny_checkpoint import tiny_configs, write_tiny_checkpoint
+    from workflow_prompts import TINY_LORA
 
     path = OUTPUT_DIR / "comfy-base" / "models" / "checkpoints" / TINY_CHECKPOINT
     if not path.exists():
         write_tiny_checkpoint(path)
+    lora = OUTPUT_DIR / "comfy-base" / "models" / "loras" / TINY_LORA
+    if not lora.exists():
+        write_test_lora(lora, tiny_configs()["transformer"], rank=4, seed=1)
     return TINY_CHECKPOINT
 
 
@@ -49,13 +57,14 @@ def tiny_checkpoint(comfy_server) -> str:
 def comfy_server():
     """One real ComfyUI server (CPU, loopback, in-memory database) with only this pack, for the whole session.
 
-    Its base directory is test-output/comfy-base (custom_nodes: the pack and NATIVE_HOOK); every connection attempt
-    it makes is logged to netlog.jsonl."""
+    Its base directory is test-output/comfy-base (custom_nodes: the pack, NATIVE_HOOK and HOSTILE_NODES); every
+    connection attempt it makes is logged to netlog.jsonl."""
     base = OUTPUT_DIR / "comfy-base"
-    hook = base / "custom_nodes" / NATIVE_HOOK
-    hook.parent.mkdir(parents=True, exist_ok=True)
-    if not hook.is_symlink():
-        hook.symlink_to(Path(__file__).resolve().parent / "native_hook", target_is_directory=True)
+    for name, folder in ((NATIVE_HOOK, "native_hook"), (HOSTILE_NODES, "hostile_nodes")):
+        link = base / "custom_nodes" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(Path(__file__).resolve().parent / folder, target_is_directory=True)
     netlog = OUTPUT_DIR / "netlog.jsonl"
     netlog.unlink(missing_ok=True)
     server = ComfyServer(base_dir=base, log_path=OUTPUT_DIR / "comfyui-server.log", netlog_path=netlog)

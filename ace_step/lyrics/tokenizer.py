@@ -26,6 +26,7 @@ import os
 import re
 import unicodedata
 
+from ..text_tokenizer import valid_unicode
 from .cleaners import MULTILINGUAL, basic_cleaners, collapse_whitespace, multilingual_cleaners
 from .ja import romanize_japanese
 from .ko import romanize_korean
@@ -53,7 +54,7 @@ _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 def sanitize(text: str) -> str:
     """Valid text without invisible characters: lone surrogates become U+FFFD, Cc/Cf characters are removed."""
-    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    text = valid_unicode(text)
     if text.isprintable():
         return text
     return "".join(c for c in text if c.isspace() or unicodedata.category(c) not in _INVISIBLE_CATEGORIES)
