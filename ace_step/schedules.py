@@ -141,3 +141,13 @@ def audio2audio_schedule(num_steps: int, ref_audio_strength: float, scheduler: s
     """
     sigma_m = 1 - ref_audio_strength
     return flow_schedule(int(sigma_m * num_steps), scheduler, sigma_max=sigma_m)
+
+
+def audio2audio_start_step(sigmas: torch.Tensor, ref_audio_strength: float) -> int:
+    """The original's audio2audio start before commit 39043aa (reference doc §2.10, "History"): the plain
+    schedule `sigmas` (final 0) runs from the first step whose σ_i <= 1 − ref_audio_strength, the steps above are
+    skipped, and the reference is noised to that same σ_i, so the model is told the noise level the data has.
+    Strength 0 starts at step 0 (σ 1: pure noise, text2music); strength 1 returns N (no step: the reference)."""
+    steps = sigmas[:-1]
+    below = (steps <= 1 - ref_audio_strength).nonzero()
+    return int(below[0]) if len(below) else len(steps)

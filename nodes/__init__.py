@@ -1,5 +1,5 @@
 """The pack's ComfyUI nodes: thin translations between ComfyUI types and the `ace_step` core."""
-from . import sampler_nodes
+from . import editing_nodes, sampler_nodes
 from .guidance import TonemapReinhard
 from .latent import AudioToLatent, EmptyLatentAudio, LatentToAudio
 from .loader import CheckpointLoader
@@ -8,4 +8,5 @@ from .save_audio import SaveAudio
 from .text import TextEncode
 
 NODES = [CheckpointLoader, EmptyLatentAudio, TextEncode, TonemapReinhard, AudioToLatent, LatentToAudio, SaveAudio,
-         LoraLoader, *sampler_nodes.NODES]
+         LoraLoader, *sampler_nodes.NODES,
+         *editing_nodes.NODES]

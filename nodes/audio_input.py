@@ -42,9 +42,10 @@ def float_waveform(waveform: torch.Tensor) -> torch.Tensor:
         waveform = waveform.float() / _PCM_SCALE[waveform.dtype]
     else:
         waveform = waveform.float()
-    bad = (~torch.isfinite(waveform)).sum().item()
-    if bad:
-        raise ValueError(f"the audio contains {bad:,} NaN or infinite samples (of {waveform.numel():,}): the node "
+    finite = torch.isfinite(waveform)
+    if not finite.all():
+        bad = finite.numel() - int(finite.sum())
+        raise ValueError(f"the audio contains {bad:,} NaN or infinite samples (of {finite.numel():,}): the node "
                          "that made it failed, or the file is damaged; re-export it from your audio editor")
     return waveform
 

@@ -66,7 +66,8 @@ class ComfyCallableTransformer(ACEStepTransformer):
             fix = (f"shorten the lyrics: ACE-Step v1 was trained on up to {TRAINED_LYRIC_TOKENS:,} tokens, and a "
                    "song's lyrics are rarely above 2,000")
         else:
-            what = f"sampling {batch} × {frames:,} latent frames ({frames * LATENT_SAMPLES_PER_FRAME / SAMPLE_RATE:,.0f} s)"
+            seconds = frames * LATENT_SAMPLES_PER_FRAME / SAMPLE_RATE
+            what = f"sampling {batch} × {frames:,} latent frames ({seconds:,.0f} s)"
             fix = "lower the batch size or the song length"
         require_memory(needed, self.device, what, fix)
 
@@ -155,6 +156,8 @@ class AceStepVae:
 
     def _load(self, work_bytes: int):
         mm.load_models_gpu([self.patcher], memory_required=work_bytes, force_full_load=True)
+        # The windows check for an interrupt after each one; this covers the time before the first.
+        mm.throw_exception_if_processing_interrupted()
 
     def _on_window(self, progress):
         def step(done, total):
@@ -200,8 +203,6 @@ class AceStepVae:
                              "sampling diverged (a NaN or very large cfg, shift, guidance or prompt weight?) or the "
                              "checkpoint is damaged")
         self._load(window_bytes)
-        # Checked before the first window too: the windows' own checks come only after each one.
-        mm.throw_exception_if_processing_interrupted()
         progress = comfy.utils.ProgressBar(self.music_vae.count_windows(frames, self.CHUNK_FRAMES, self.OVERLAP_FRAMES))
         audio = self.music_vae.decode_chunked(latent.to(self.patcher.load_device), self.CHUNK_FRAMES,
                                               self.OVERLAP_FRAMES, on_window=self._on_window(progress))

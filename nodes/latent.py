@@ -55,8 +55,9 @@ class AudioToLatent(io.ComfyNode):
             display_name=display_name("Audio to ACE-Step Latent"),
             category=CATEGORY,
             description="Encodes a song for audio-to-audio, repaint, extend and edit: any sample rate (resampled to "
-                        "44.1 kHz), mono or stereo, any length (padded to whole latent frames, never cropped; long "
-                        "songs are encoded in windows to bound memory).",
+                        "44.1 kHz), mono, stereo or more channels (folded to stereo), float or integer samples, any "
+                        "length (padded to whole latent frames, never cropped; long songs are encoded in windows to "
+                        "bound memory).",
             inputs=[
                 io.Audio.Input("audio", tooltip="The song to encode (e.g. from Load Audio)."),
                 io.Vae.Input("vae", tooltip="The ACE-Step VAE from the checkpoint loader."),

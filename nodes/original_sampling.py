@@ -16,6 +16,7 @@ and the SAMPLER / GUIDER objects below for SamplerCustomAdvanced.
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import comfy.model_management as mm
@@ -224,36 +225,59 @@ def original_schedule(model, steps: int, scheduler: str, oss_steps: str = "") ->
 
 
 # ------------------------------------------------------------------------------------------------ the whole loop
-def sample_original(model, positive: list, seeds: list[int], frames: int, settings: GuidanceSettings,
-                    schedule: schedules.Schedule, omega_scale: float = 10.0, use_erg_tag: bool = True,
-                    use_erg_lyric: bool = True) -> torch.Tensor:
-    """The original text2music loop (spec §2.5) for one batch item per seed: latent [len(seeds), 8, 16, frames]
-    (float32, intermediate device). The latent stays in the model dtype between steps, as in the original."""
-    item_shape = [LATENT_CHANNELS, LATENT_HEIGHT, frames]
-    noise = seeded_noise(seeds, item_shape)
-    negative = null_conditioning(positive, use_erg_tag, use_erg_lyric)
-    text_only = text_only_conditioning(positive, use_erg_lyric)
-    generator = pingpong_generator(seeds[0], item_shape) if schedule.scheduler == "pingpong" else None
-
-    real_model, _, loaded = comfy.sampler_helpers.prepare_sampling(model, noise.shape, {}, model.model_options)
+@contextmanager
+def loaded_diffusion_model(model, shape):
+    """The MODEL's diffusion model, loaded through ComfyUI model management (weight patches applied, memory made
+    for latents of `shape`) for the duration of one run."""
+    real_model, _, loaded = comfy.sampler_helpers.prepare_sampling(model, shape, {}, model.model_options)
     model.pre_run()
     try:
-        diffusion_model = real_model.diffusion_model
-        velocity = OriginalVelocity(diffusion_model, settings, schedule.num_steps, positive, negative, text_only,
-                                    len(seeds))
-        progress = comfy.utils.ProgressBar(len(schedule.timesteps))
-
-        def step(x, t, i):
-            v = velocity(x, t, i)
-            progress.update(1)
-            return v
-
-        x = noise.to(device=model.load_device, dtype=diffusion_model.dtype)
-        out = flow_steps.sample(schedule.scheduler, step, x, schedule.sigmas.to(model.load_device), omega_scale,
-                                generator)
+        yield real_model.diffusion_model
     finally:
         model.cleanup()
         comfy.sampler_helpers.cleanup_models({}, loaded)
+
+
+def original_velocity(diffusion_model, positive: list, settings: GuidanceSettings, num_steps: int, batch: int,
+                      use_erg_tag: bool = True, use_erg_lyric: bool = True) -> OriginalVelocity:
+    """The original's guided velocity for `positive`, with its ERG unconditional and text-only conditions."""
+    negative = null_conditioning(positive, use_erg_tag, use_erg_lyric)
+    text_only = text_only_conditioning(positive, use_erg_lyric)
+    return OriginalVelocity(diffusion_model, settings, num_steps, positive, negative, text_only, batch)
+
+
+def with_progress(velocity, total: int):
+    """`velocity` reporting one step of a ComfyUI progress bar of `total` per call."""
+    progress = comfy.utils.ProgressBar(total)
+
+    def step(x, t, i):
+        v = velocity(x, t, i)
+        progress.update(1)
+        return v
+    return step
+
+
+def sample_original(model, positive: list, seeds: list[int], frames: int, settings: GuidanceSettings,
+                    schedule: schedules.Schedule, omega_scale: float = 10.0, use_erg_tag: bool = True,
+                    use_erg_lyric: bool = True, start: torch.Tensor | None = None,
+                    first_step: int = 0) -> torch.Tensor:
+    """The original text2music loop (spec §2.5) for one batch item per seed: latent [len(seeds), 8, 16, frames]
+    (float32, intermediate device). The latent stays in the model dtype between steps, as in the original.
+
+    `start` replaces the seed noise as the initial latent (retake's mixed noise, audio2audio's noised reference);
+    `first_step` skips the schedule's first steps (audio2audio), the loop index still counting them for the
+    guidance interval (Heun: 2 calls per skipped step)."""
+    item_shape = [LATENT_CHANNELS, LATENT_HEIGHT, frames]
+    noise = seeded_noise(seeds, item_shape) if start is None else start
+    generator = pingpong_generator(seeds[0], item_shape) if schedule.scheduler == "pingpong" else None
+    offset = 2 * first_step if schedule.scheduler == "heun" else first_step
+    sigmas = schedule.sigmas[offset:]
+    with loaded_diffusion_model(model, noise.shape) as diffusion_model:
+        velocity = with_progress(original_velocity(diffusion_model, positive, settings, schedule.num_steps,
+                                                   len(seeds), use_erg_tag, use_erg_lyric), len(sigmas) - 1)
+        x = noise.to(device=model.load_device, dtype=diffusion_model.dtype)
+        out = flow_steps.sample(schedule.scheduler, lambda x, t, i: velocity(x, t, i + offset), x,
+                                sigmas.to(model.load_device), omega_scale, generator)
     return out.float().to(mm.intermediate_device())
 
 

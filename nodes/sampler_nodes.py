@@ -59,6 +59,24 @@ def _random_unless_seeded(seeds) -> object:
     return seeds
 
 
+def seeds_and_frames(seeds: str, duration: float, latent: dict | None) -> tuple[list[int], int]:
+    """The seeds (random ones, one per latent item, when empty) and the song length in frames: the latent's, or
+    duration's (<= 0: random 30-240 s from the first seed)."""
+    seeds = orig.parse_seeds(seeds)
+    batch = latent["samples"].shape[0] if latent is not None else 1
+    seeds = seeds or orig.random_seeds(batch)
+    if latent is not None:
+        frames = latent["samples"].shape[-1]
+    else:
+        seconds = duration if duration > 0 else orig.random_duration(seeds[0])
+        if seconds > MAX_SECONDS:
+            raise ValueError(f"duration must be at most {MAX_SECONDS:.0f} s, got {seconds}")
+        frames = frames_for_seconds(seconds)
+    if frames < 1:
+        raise ValueError(f"the song is shorter than one latent frame (0.093 s); duration {duration}")
+    return seeds, frames
+
+
 class OriginalSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -115,18 +133,7 @@ class OriginalSampler(io.ComfyNode):
     def execute(cls, model, positive, seeds, duration, steps, scheduler, cfg_type, guidance_scale, omega_scale,
                 guidance_interval, guidance_interval_decay, min_guidance_scale, use_erg_tag, use_erg_lyric,
                 use_erg_diffusion, guidance_scale_text, guidance_scale_lyric, oss_steps, latent=None) -> io.NodeOutput:
-        seeds = orig.parse_seeds(seeds)
-        batch = latent["samples"].shape[0] if latent is not None else 1
-        seeds = seeds or orig.random_seeds(batch)
-        if latent is not None:
-            frames = latent["samples"].shape[-1]
-        else:
-            seconds = duration if duration > 0 else orig.random_duration(seeds[0])
-            if seconds > MAX_SECONDS:
-                raise ValueError(f"duration must be at most {MAX_SECONDS:.0f} s, got {seconds}")
-            frames = frames_for_seconds(seconds)
-        if frames < 1:
-            raise ValueError(f"the song is shorter than one latent frame (0.093 s); duration {duration}")
+        seeds, frames = seeds_and_frames(seeds, duration, latent)
         schedule = orig.original_schedule(model, steps, scheduler, oss_steps)
         settings = _settings(cfg_type, guidance_scale, guidance_interval, guidance_interval_decay, min_guidance_scale,
                              use_erg_diffusion, guidance_scale_text, guidance_scale_lyric)

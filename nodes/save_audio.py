@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 
 from .audio_files import FORMATS, QUALITIES, encode_audio, save_unique
 from .audio_input import audio_parts, float_waveform, to_stereo
-from .common import CATEGORY, display_name, node_id
+from .common import CATEGORY, choice, display_name, node_id
 from .memory import require_memory
 from .paths import save_folder
 
@@ -53,7 +53,7 @@ class SaveAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, filename_prefix, format, quality, audioUI=None) -> io.NodeOutput:
-        allowed = QUALITIES.get(format)
+        allowed = QUALITIES.get(choice("format", format, FORMATS))
         if allowed is not None and quality not in allowed:
             quality = allowed[0] if format == "mp3" else "128k"
         waveform, rate = audio_parts(audio)

@@ -275,6 +275,114 @@ def _original_custom_sampling() -> Workflow:
     )
 
 
+EDIT_GUIDANCE = [("cfg_type", "apg"), ("guidance_scale", 15.0), ("guidance_interval", 0.5),
+                 ("guidance_interval_decay", 0.0), ("min_guidance_scale", 3.0), ("use_erg_tag", True),
+                 ("use_erg_lyric", True), ("use_erg_diffusion", True), ("guidance_scale_text", 0.0),
+                 ("guidance_scale_lyric", 0.0)]
+EXAMPLE_TAGS = "synth pop, female vocals, dreamy, 100 BPM"
+NEW_LYRICS = """[verse]
+Silver rain upon the window
+We keep singing through the storm
+
+[chorus]
+Hold on, hold on"""
+
+
+def _editing(name: str, title: str, text: str, editor: Node, source: bool = True, target: bool = False) -> Workflow:
+    """Checkpoint -> tags + lyrics (and, for an edit, new ones) -> `editor` (node 10), with the example song as its
+    source when `source` -> decode -> save."""
+    nodes = [
+        Node(1, "AceStudioCheckpointLoader", widgets=[("ckpt_name", REAL_CHECKPOINT)],
+             outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+        Node(2, "AceStudioTextEncode", widgets=[("tags", EXAMPLE_TAGS if source else SONG_TAGS),
+                                                 ("lyrics", SONG_LYRICS), ("lyrics_strength", 1.0)],
+             inputs=[("clip", "CLIP", (1, 1))], outputs=[("CONDITIONING", "CONDITIONING")], size=(420, 360),
+             title="Tags + Lyrics of the song" if target else None),
+        editor,
+        Node(11, "AceStudioLatentToAudio", widgets=[("normalize", True)],
+             inputs=[("samples", "LATENT", (10, 0)), ("vae", "VAE", (1, 2))], outputs=[("AUDIO", "AUDIO")]),
+        Node(12, "AceStudioSaveAudio", widgets=[("filename_prefix", f"audio/{name}"), ("format", "flac"),
+                                                ("quality", "V0")],
+             inputs=[("audio", "AUDIO", (11, 0))], ui_only_widgets=[None], size=(320, 200)),
+    ]
+    if source:
+        nodes += [
+            Node(3, "LoadAudio", widgets=[("audio", "example_song.flac")], outputs=[("AUDIO", "AUDIO")],
+                 ui_only_widgets=[None, ""], size=(320, 160)),
+            Node(4, "AceStudioAudioToLatent", inputs=[("audio", "AUDIO", (3, 0)), ("vae", "VAE", (1, 2))],
+                 outputs=[("LATENT", "LATENT")]),
+        ]
+    if target:
+        nodes.append(Node(5, "AceStudioTextEncode", widgets=[("tags", EXAMPLE_TAGS), ("lyrics", NEW_LYRICS),
+                                                              ("lyrics_strength", 1.0)],
+                          inputs=[("clip", "CLIP", (1, 1))], outputs=[("CONDITIONING", "CONDITIONING")],
+                          size=(420, 360), title="New Tags + Lyrics"))
+    return Workflow(name, nodes=sorted(nodes, key=lambda n: n.id),
+                    note=Note(f"## {title}\n{text}\n\nPut `ace_step_v1_3.5b.safetensors` in `models/checkpoints/` "
+                              "(or the original ACE-Step folder). Defaults are the original ACE-Step app's."))
+
+
+EDIT_OUTPUTS = [("LATENT", "LATENT"), ("seeds", "STRING"), ("retake_seeds", "STRING")]
+MODEL_AND_TEXT = [("model", "MODEL", (1, 0)), ("positive", "CONDITIONING", (2, 0))]
+
+
+def _edit_workflows() -> list[Workflow]:
+    retake = _editing(
+        "ace_step_retake", "ACE-Step: retake (variations)",
+        "The original sampler's song for *seeds*, varied: its noise is mixed with new noise from *retake_seeds* "
+        "(cos/sin mix, *retake_variance* 0 = the same song, 1 = an unrelated one). Keep seeds, change retake_seeds "
+        "for more variations.",
+        Node(10, "AceStudioRetake",
+             widgets=[("seeds", "42"), ("duration", 60.0), ("steps", 60), ("retake_seeds", "7"),
+                      ("retake_variance", 0.2), ("scheduler", "euler"), ("cfg_type", "apg"), ("guidance_scale", 15.0),
+                      ("omega_scale", 10.0), ("guidance_interval", 0.5), ("guidance_interval_decay", 0.0),
+                      ("min_guidance_scale", 3.0), ("use_erg_tag", True), ("use_erg_lyric", True),
+                      ("use_erg_diffusion", True), ("guidance_scale_text", 0.0), ("guidance_scale_lyric", 0.0),
+                      ("oss_steps", "")],
+             inputs=MODEL_AND_TEXT, outputs=EDIT_OUTPUTS, size=(340, 560)), source=False)
+    source = [("source", "LATENT", (4, 0))]
+    repaint = _editing(
+        "ace_step_repaint", "ACE-Step: repaint",
+        "Regenerates *start_seconds*-*end_seconds* of the input song (Load Audio) and keeps the rest exactly. "
+        "*variance* sets how much the range changes (0.2 gentle, 1 completely new).",
+        Node(10, "AceStudioRepaint",
+             widgets=[("start_seconds", 4.0), ("end_seconds", 8.0), ("variance", 0.2), ("seeds", "42"),
+                      ("retake_seeds", "7"), ("steps", 60), *EDIT_GUIDANCE],
+             inputs=MODEL_AND_TEXT + source, outputs=EDIT_OUTPUTS, size=(340, 520)))
+    extend = _editing(
+        "ace_step_extend", "ACE-Step: extend",
+        "Adds *left_seconds* before and *right_seconds* after the input song, which is kept exactly. Extensions may "
+        "be longer than the song; results past *window_seconds* (240) sample only the window next to the new part "
+        "and put the rest of the song back.",
+        Node(10, "AceStudioExtend",
+             widgets=[("left_seconds", 0.0), ("right_seconds", 30.0), ("window_seconds", 240.0), ("seeds", "42"),
+                      ("retake_seeds", "7"), ("steps", 60), *EDIT_GUIDANCE],
+             inputs=MODEL_AND_TEXT + source, outputs=EDIT_OUTPUTS, size=(340, 520)))
+    lyric_edit = _editing(
+        "ace_step_lyric_edit", "ACE-Step: lyric edit",
+        "New tags and/or lyrics for the input song (FlowEdit). Describe the song in the first Tags + Lyrics node "
+        "and write the new text in the second. *preset* only_lyrics (0.6-1.0) keeps the music, remix (0.2-0.4) "
+        "lets it change; custom uses *n_min* / *n_max*.",
+        Node(10, "AceStudioLyricEdit",
+             widgets=[("preset", "only_lyrics"), ("n_min", 0.6), ("n_max", 1.0), ("n_avg", 1), ("seeds", "42"),
+                      ("steps", 60), ("guidance_scale", 15.0)],
+             inputs=[("model", "MODEL", (1, 0)), ("source", "LATENT", (4, 0)),
+                     ("source_positive", "CONDITIONING", (2, 0)), ("target_positive", "CONDITIONING", (5, 0))],
+             outputs=EDIT_OUTPUTS[:2], size=(340, 320)), target=True)
+    a2a = _editing(
+        "ace_step_audio2audio_reference", "ACE-Step: audio2audio with a reference strength",
+        "A new song in the image of the input song, as the original app's audio2audio: *ref_audio_strength* 0.5 "
+        "keeps half (0 = ignore the reference, 1 = the reference itself).",
+        Node(10, "AceStudioAudio2Audio",
+             widgets=[("ref_audio_strength", 0.5), ("seeds", "42"), ("steps", 60), ("scheduler", "euler"),
+                      ("cfg_type", "apg"), ("guidance_scale", 15.0), ("omega_scale", 10.0),
+                      ("guidance_interval", 0.5), ("guidance_interval_decay", 0.0), ("min_guidance_scale", 3.0),
+                      ("use_erg_tag", True), ("use_erg_lyric", True), ("use_erg_diffusion", True),
+                      ("guidance_scale_text", 0.0), ("guidance_scale_lyric", 0.0)],
+             inputs=MODEL_AND_TEXT + [("reference", "LATENT", (4, 0))], outputs=EDIT_OUTPUTS[:2], size=(340, 520)))
+    return [retake, repaint, extend, lyric_edit, a2a]
+
+
 def workflows() -> list[Workflow]:
     song = _text_to_music("ace_step_song", SONG_TAGS, SONG_LYRICS, 120.0, "ACE-Step: text to song",
                           "Tags and lyrics in, a 44.1 kHz stereo song out.")
@@ -293,7 +401,8 @@ def workflows() -> list[Workflow]:
     ]
     sampler = next(n for n in a2a.nodes if n.id == 7)
     sampler.widgets = [(k, 0.5 if k == "denoise" else v) for k, v in sampler.widgets]
-    return [song, instrumental, a2a, _lora(), _original_quality(), _original_custom_sampling()]
+    return [song, instrumental, a2a, _lora(), _original_quality(), _original_custom_sampling(),
+            *_edit_workflows()]
 
 
 RAP_LORA = "ace_step_v1_chinese_rap_lora.safetensors"

@@ -32,7 +32,7 @@ TINY_CHECKPOINT = "ace_step_v1_tiny_demo.safetensors"
 # Test-only custom node (tests/native_hook) that lets native ComfyUI build the reduced transformer of the
 # native-equivalence checkpoint; it adds no nodes and leaves every other checkpoint alone.
 NATIVE_HOOK = "ace_step_native_parity_hook"
-# Test-only nodes (tests/hostile_nodes) that craft AUDIO and LATENT no file can carry, for the hostile-input corpus.
+# Test-only nodes (tests/hostile_nodes): AUDIO and LATENT no file can carry, a short-window VAE, a failing node.
 HOSTILE_NODES = "ace_step_hostile_test_nodes"
 
 

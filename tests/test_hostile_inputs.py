@@ -4,15 +4,14 @@ Every case ends in one of three ways, and the table says which: "ok" (the prompt
 "error" (a node stops the prompt with a message that says what is wrong and how to fix it: the fragments listed) or
 "refused" (ComfyUI's validation rejects the prompt before anything runs: a number out of range). ComfyUI 0.3.75 does
 not check V3 nodes' combo values against their lists, so every name a prompt carries reaches the node: the pack
-refuses the dangerous ones itself. A crash, a hang, a raw library error or a silently wrong output fails the case, and the server must run
-every following case. The corpus is data: a new node adds rows to CASES (a graph builder, the outcome, the words
-the error must contain), nothing else. Crafted AUDIO/LATENT tensors come from tests/hostile_nodes.
+refuses the dangerous ones itself. A crash, a hang, a raw library error or a silently wrong output fails the case,
+and the server must run every following case. The corpus is data: a new node adds rows to CASES (a graph builder,
+the outcome, the words the error must contain; inputs left out get the node's defaults), nothing else. Crafted
+AUDIO/LATENT tensors come from tests/hostile_nodes.
 """
 from __future__ import annotations
 
 import json
-import math
-import pickle
 import random
 import shutil
 import struct
@@ -111,7 +110,8 @@ def song(ckpt: str, tags: str | None = None, lyrics: str | None = None, seconds:
         next(n for n in prompt.values() if n["class_type"] == class_type)["inputs"][name] = value
     if latent_only:
         sampler = next(k for k, n in prompt.items() if n["class_type"] == "KSampler")
-        for key in [k for k, n in prompt.items() if n["class_type"] in ("AceStudioLatentToAudio", "AceStudioSaveAudio")]:
+        decode_and_save = ("AceStudioLatentToAudio", "AceStudioSaveAudio")
+        for key in [k for k, n in prompt.items() if n["class_type"] in decode_and_save]:
             del prompt[key]
         prompt["99"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": _tag()}}
     return prompt
@@ -137,6 +137,30 @@ def original_sampler(ckpt: str, **inputs) -> dict:
         "guidance_interval": 0.5, "guidance_interval_decay": 0.0, "min_guidance_scale": 3.0, "use_erg_tag": True,
         "use_erg_lyric": True, "use_erg_diffusion": True, "guidance_scale_text": 0.0, "guidance_scale_lyric": 0.0,
         "oss_steps": "", **inputs}}
+    return prompt
+
+
+def edit(ckpt: str, class_type: str, seconds: float = 2.0, **inputs) -> dict:
+    """An editing node (repaint, extend, ...) on a `seconds`-long source latent; inputs not given get the node's
+    defaults (see with_defaults)."""
+    prompt = song(ckpt, seconds=seconds)
+    nodes = {n["class_type"]: k for k, n in prompt.items()}
+    prompt[nodes["KSampler"]] = {"class_type": class_type, "inputs": {
+        "model": [nodes["AceStudioTonemapReinhard"], 0], "positive": [nodes["AceStudioTextEncode"], 0],
+        "source": [nodes["AceStudioEmptyLatentAudio"], 0], "seeds": "1", "steps": 2, **inputs}}
+    return prompt
+
+
+def with_defaults(prompt: dict, object_info: dict) -> dict:
+    """Every input a prompt leaves out gets its default from /object_info, so a row names only what it is about."""
+    for node in prompt.values():
+        spec = object_info.get(node["class_type"], {}).get("input", {})
+        for name, (kind, *options) in spec.get("required", {}).items():
+            default = (options[0] if options else {}).get("default")
+            if name not in node["inputs"] and default is None and isinstance(kind, list):
+                default = kind[0]
+            if name not in node["inputs"] and default is not None:
+                node["inputs"][name] = default
     return prompt
 
 
@@ -409,10 +433,27 @@ CASES = [
          ("NaN or infinite values", "shift"), "AceStudioLatentToAudio", group="numbers"),
     Case("tags-weight-1e30", lambda c: song(c, tags="rock, (guitar:1e30)", latent_only=False), "error",
          ("NaN or infinite values", "prompt weight"), "AceStudioLatentToAudio", group="numbers"),
+    # --- time ranges of the editing nodes (on a 2 s song) ---------------------------------------------------------
+    Case("repaint-outside-the-song", lambda c: edit(c, "AceStudioRepaint", start_seconds=5.0, end_seconds=10.0),
+         "error", ("outside the song", "1.95 s long", "Extend"), "AceStudioRepaint", group="ranges"),
+    Case("repaint-reversed", lambda c: edit(c, "AceStudioRepaint", start_seconds=1.5, end_seconds=0.5), "error",
+         ("reversed or empty", "end must be after start"), "AceStudioRepaint", group="ranges"),
+    Case("repaint-negative-start", lambda c: edit(c, "AceStudioRepaint", start_seconds=-1.0, end_seconds=1.0),
+         "refused", ("start_seconds", "smaller than min"), group="ranges"),
+    Case("repaint-nan-end", lambda c: edit(c, "AceStudioRepaint", start_seconds=0.0, end_seconds=float("nan")),
+         "error", ("end_seconds is nan",), "AceStudioRepaint", group="ranges"),
+    Case("repaint-shorter-than-a-frame", lambda c: edit(c, "AceStudioRepaint", start_seconds=1.0,
+                                                        end_seconds=1.01), "error",
+         ("shorter than one latent frame",), "AceStudioRepaint", group="ranges"),
+    Case("repaint-inside", lambda c: edit(c, "AceStudioRepaint", start_seconds=0.5, end_seconds=1.5), "ok",
+         check=latent_frames(21), group="ranges"),
+    Case("extend-10000-seconds", lambda c: edit(c, "AceStudioExtend", right_seconds=10000.0), "refused",
+         ("right_seconds", "bigger than max"), group="ranges"),
     # --- values outside a combo's list (ComfyUI 0.3.75 lets them through to V3 nodes) ---------------------------
     Case("combo-save-format", lambda c: save(crafted_audio(), fmt="exe"), "error",
-         ("unknown audio format 'exe'", "flac, mp3, opus, wav"), "AceStudioSaveAudio", group="combos"),
-    Case("combo-lora-rank-scaling", lambda c: with_lora(c, TINY_LORA, rank_scaling="bogus"), "error", ("rank_scaling 'bogus' is not one of", "from file"), "AceStudioLoraLoader", group="combos"),
+         ("format 'exe' is not one of: flac, mp3, opus, wav",), "AceStudioSaveAudio", group="combos"),
+    Case("combo-lora-rank-scaling", lambda c: with_lora(c, TINY_LORA, rank_scaling="bogus"), "error",
+         ("rank_scaling 'bogus' is not one of", "from file"), "AceStudioLoraLoader", group="combos"),
     Case("combo-original-scheduler", lambda c: original_sampler(c, scheduler="bogus"), "error",
          ("unknown scheduler 'bogus'", "euler"), "AceStudioOriginalSampler", group="combos"),
     Case("combo-checkpoint-not-text", lambda c: encode(crafted_audio(4096), 5), "error",
@@ -543,9 +584,14 @@ def _outcome(server, prompt) -> tuple[str, str, object]:
     return result.status, "", result
 
 
+@pytest.fixture(scope="module")
+def object_info(comfy_server) -> dict:
+    return comfy_server.get_json("/object_info")
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_corpus(comfy_server, tiny_checkpoint, hostile_files, case):
-    outcome, message, result = _outcome(comfy_server, case.graph(tiny_checkpoint))
+def test_corpus(comfy_server, tiny_checkpoint, hostile_files, object_info, case):
+    outcome, message, result = _outcome(comfy_server, with_defaults(case.graph(tiny_checkpoint), object_info))
     OUTCOMES[case.id] = outcome
     assert comfy_server.proc.poll() is None, f"the server died on {case.id}:\n{comfy_server.log_tail()}"
     assert outcome == case.expect, f"{case.id}: expected {case.expect}, got {outcome}: {message[:2000]}"
