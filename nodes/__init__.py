@@ -2,11 +2,11 @@
 from . import editing_nodes, sampler_nodes
 from .guidance import TonemapReinhard
 from .latent import AudioToLatent, EmptyLatentAudio, LatentToAudio
+from .load_audio import LoadAudio
 from .loader import CheckpointLoader
 from .lora import LoraLoader
 from .save_audio import SaveAudio
 from .text import TextEncode
 
-NODES = [CheckpointLoader, EmptyLatentAudio, TextEncode, TonemapReinhard, AudioToLatent, LatentToAudio, SaveAudio,
-         LoraLoader, *sampler_nodes.NODES,
-         *editing_nodes.NODES]
+NODES = [CheckpointLoader, EmptyLatentAudio, TextEncode, TonemapReinhard, LoadAudio, AudioToLatent, LatentToAudio,
+         SaveAudio, LoraLoader, *sampler_nodes.NODES, *editing_nodes.NODES]

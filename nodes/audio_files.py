@@ -1,5 +1,5 @@
 """Encodes AUDIO to files (FLAC, MP3, Opus, WAV) with PyAV, as ComfyUI's own savers do, and saves them atomically
-under a name that never replaces an existing file."""
+under a name that never replaces an existing file; decodes audio files to float samples."""
 from __future__ import annotations
 
 import errno
@@ -16,6 +16,9 @@ _OPUS_RATE = 48000  # libopus takes 8/12/16/24/48 kHz; 44.1 kHz songs go up to 4
 _MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)  # all MPEG-1/2/2.5 layer III knows
 _FLAC_MAX_RATE = 655350  # the FLAC encoder's limit
 _FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+# Decoded frames (a few thousand samples each) are joined into blocks of this size: above glibc's largest mmap
+# threshold (32 MiB), so a block's memory goes back to the system when freed instead of staying in the heap.
+_BLOCK_BYTES = 64 << 20
 
 
 def encode_audio(waveform: np.ndarray, sample_rate: int, fmt: str, quality: str | None = None,
@@ -56,6 +59,54 @@ def encode_audio(waveform: np.ndarray, sample_rate: int, fmt: str, quality: str 
     container.mux(stream.encode(None))
     container.close()
     return buffer.getvalue()
+
+
+def audio_file_size(path: str) -> tuple[int, int] | None:
+    """(channels, samples) of a file's first audio stream as its header states them, None when it does not."""
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            if stream.duration is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
+            else:
+                return None
+            return stream.channels, int(seconds * stream.rate) + 1
+    except av.error.FFmpegError:
+        return None  # decode_audio_file says what is wrong
+
+
+def decode_audio_file(path: str) -> tuple[np.ndarray, int]:
+    """The first audio stream of any file FFmpeg reads (WAV, FLAC, MP3, Opus, a video...) as float32
+    [channels, samples] in [-1, 1], and its sample rate. Damaged or non-audio files raise a ValueError saying so."""
+    name = os.path.basename(path)
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                raise ValueError(f"{name} has no audio stream: choose an audio file (or a video with sound)")
+            stream = container.streams.audio[0]
+            resampler, blocks, frames, pending = None, [], [], 0
+            for frame in container.decode(stream):
+                # Whatever the stored sample format (16/24/32-bit, float, planar or not): planar float32.
+                resampler = resampler or av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.rate)
+                frames += [f.to_ndarray() for f in resampler.resample(frame)]
+                pending += frames[-1].nbytes if frames else 0
+                if pending >= _BLOCK_BYTES:
+                    blocks.append(np.concatenate(frames, axis=1))
+                    frames, pending = [], 0
+            if resampler is not None:
+                frames += [f.to_ndarray() for f in resampler.resample(None)]
+    except av.error.FFmpegError as e:
+        raise ValueError(f"{name} could not be read as audio ({e.strerror or e}): the file is damaged or not an "
+                         "audio file; re-export it from your audio editor") from None
+    blocks += frames
+    if not sum(b.shape[1] for b in blocks):
+        raise ValueError(f"{name} holds no audio samples (it is empty or not an audio file): choose a file "
+                         "with sound in it")
+    return np.concatenate(blocks, axis=1), stream.rate
 
 
 def save_unique(data: bytes, folder: str, stem: str, counter: int, ext: str) -> str:

@@ -40,8 +40,8 @@ class ComfyCallableTransformer(ACEStepTransformer):
         # ComfyUI's own layers check its interrupt flag on every op; plain torch layers never do, so once per call.
         mm.throw_exception_if_processing_interrupted()
         check_song_latent(x)
-        self._require_memory(x.shape[0], x.shape[-1], 0 if context is None else context.shape[1],
-                             0 if lyric_token_idx is None else lyric_token_idx.shape[-1])
+        require_transformer_memory(self, x.shape[0], x.shape[-1], 0 if context is None else context.shape[1],
+                                   0 if lyric_token_idx is None else lyric_token_idx.shape[-1])
         # ComfyUI always sends zero speaker embeddings of the full model's width; ours are zeros of the right width.
         cache = getattr(self, "condition_cache", None)
         if cache is None or context is None or lyric_token_idx is None or isinstance(lyrics_strength, torch.Tensor):
@@ -59,17 +59,21 @@ class ComfyCallableTransformer(ACEStepTransformer):
         """After sampling (the patcher's cleanup): frees the run's cache."""
         self.condition_cache = None
 
-    def _require_memory(self, batch: int, frames: int, text_tokens: int, lyric_tokens: int):
-        needed = self.working_bytes(batch, frames, text_tokens, lyric_tokens)
-        if self.lyric_encoder.working_bytes(lyric_tokens, batch) > needed / 2:
-            what = f"encoding {lyric_tokens:,} lyric tokens (the lyric encoder's attention grows with their square)"
-            fix = (f"shorten the lyrics: ACE-Step v1 was trained on up to {TRAINED_LYRIC_TOKENS:,} tokens, and a "
-                   "song's lyrics are rarely above 2,000")
-        else:
-            seconds = frames * LATENT_SAMPLES_PER_FRAME / SAMPLE_RATE
-            what = f"sampling {batch} × {frames:,} latent frames ({seconds:,.0f} s)"
-            fix = "lower the batch size or the song length"
-        require_memory(needed, self.device, what, fix)
+
+def require_transformer_memory(transformer: ACEStepTransformer, batch: int, frames: int, text_tokens: int,
+                               lyric_tokens: int):
+    """Refuses a transformer call (condition encoding, denoising or both) the machine cannot hold, naming the
+    part that makes it too big."""
+    needed = transformer.working_bytes(batch, frames, text_tokens, lyric_tokens)
+    if transformer.lyric_encoder.working_bytes(lyric_tokens, batch) > needed / 2:
+        what = f"encoding {lyric_tokens:,} lyric tokens (the lyric encoder's attention grows with their square)"
+        fix = (f"shorten the lyrics: ACE-Step v1 was trained on up to {TRAINED_LYRIC_TOKENS:,} tokens, and a "
+               "song's lyrics are rarely above 2,000")
+    else:
+        seconds = frames * LATENT_SAMPLES_PER_FRAME / SAMPLE_RATE
+        what = f"sampling {batch} × {frames:,} latent frames ({seconds:,.0f} s)"
+        fix = "lower the batch size or the song length"
+    require_memory(needed, transformer.device, what, fix)
 
 
 def model_patcher(transformer: ACEStepTransformer) -> comfy.model_patcher.ModelPatcher:

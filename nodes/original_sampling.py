@@ -28,7 +28,7 @@ import torch
 from ..ace_step import erg, flow_steps, schedules
 from ..ace_step.guidance import GuidanceSchedule, Guider
 from ..ace_step.umt5 import encode_token_weights, erg_tag_q_scale
-from .comfy_models import LATENT_CHANNELS, LATENT_HEIGHT, AceStepClip
+from .comfy_models import LATENT_CHANNELS, LATENT_HEIGHT, AceStepClip, require_transformer_memory
 
 ERG_TEXT_KEY = "acestudio_erg_text"
 LYRIC_ERG_KEY = "acestudio_lyric_erg"
@@ -153,6 +153,8 @@ def encode_conditioning(diffusion_model, conditioning: list, batch: int) -> tupl
     """`encode_condition` of one CONDITIONING, repeated for the batch. No masks: ComfyUI's text and lyric tokens
     are all real (the original's masks are all ones too, except for empty lyrics)."""
     cond, extras = single_entry(conditioning)
+    lyrics = extras["conditioning_lyrics"]
+    require_transformer_memory(diffusion_model, cond.shape[0], 0, cond.shape[1], lyrics.shape[-1])
     hooked = erg.lyric_modules(diffusion_model.config.lyric_encoder_blocks) if extras.get(LYRIC_ERG_KEY) else []
     with erg.scaled_outputs(diffusion_model, hooked):
         encoded, _ = diffusion_model.encode_condition(cond, extras["conditioning_lyrics"],
@@ -229,6 +231,7 @@ def original_schedule(model, steps: int, scheduler: str, oss_steps: str = "") ->
 def loaded_diffusion_model(model, shape):
     """The MODEL's diffusion model, loaded through ComfyUI model management (weight patches applied, memory made
     for latents of `shape`) for the duration of one run."""
+    require_transformer_memory(model.model.diffusion_model, shape[0], shape[-1], 0, 0)
     real_model, _, loaded = comfy.sampler_helpers.prepare_sampling(model, shape, {}, model.model_options)
     model.pre_run()
     try:

@@ -93,6 +93,20 @@ def model_folder(folder_name: str, name: str, marker: str) -> Path:
     raise FileNotFoundError(f"no ACE-Step folder {name!r} (with {marker}/ inside) in {', '.join(folders)}")
 
 
+def input_file(name: str) -> Path:
+    """The file a prompt names for loading: in the input folder, or "name [output]" / "name [temp]" in those (as
+    ComfyUI's frontend annotates them), links followed only inside ComfyUI's folders."""
+    plain_relative_name(name, "input file")
+    relative, base = folder_paths.annotated_filepath(name)
+    plain_relative_name(relative, "input file")
+    base = base or folder_paths.get_input_directory()
+    candidate = Path(base) / relative
+    if not candidate.is_file():
+        raise FileNotFoundError(f"no file {relative!r} in {base}: upload it with the node's upload button, or put it "
+                                "there")
+    return require_inside(candidate, comfy_folders(), "input file", "copy the file into ComfyUI's input folder")
+
+
 def save_folder(filename_prefix: str) -> tuple[str, str, int, str]:
     """(folder, file stem, first free counter, subfolder) for a save node's filename_prefix, inside the output
     folder: refuses absolute prefixes, '..', and sub-folders that are links to elsewhere."""

@@ -258,10 +258,9 @@ class PhaseMeter:
             self.memory["cuda_max_reserved_mb"] = self.torch.cuda.max_memory_reserved() / 2**20
 
 
-def run_pipeline(impl, models, seconds: float, steps: int, batch: int, device: str) -> tuple[dict, dict]:
-    """(timings and memory per phase, the sampled latent)."""
+def run_pipeline(impl, models, seconds: float, steps: int, batch: int, device: str):
+    """({phase: timings and peak memory}, the sampled latent)."""
     model, clip, vae = models
-    phases = {}
     with PhaseMeter(device) as encode:
         positive = impl.encode(clip)
         negative = zero_out(positive)
@@ -270,8 +269,8 @@ def run_pipeline(impl, models, seconds: float, steps: int, batch: int, device: s
     with PhaseMeter(device) as decode:
         audio = impl.decode(vae, latent)
     assert audio["waveform"].shape[0] == batch
-    for name, meter in zip(PHASES, (encode, diffusion, decode)):
-        phases[name] = {"seconds": meter.seconds, "cpu_seconds": meter.cpu_seconds, **meter.memory}
+    phases = {name: {"seconds": meter.seconds, "cpu_seconds": meter.cpu_seconds, **meter.memory}
+              for name, meter in zip(PHASES, (encode, diffusion, decode))}
     return phases, latent["samples"]
 
 
@@ -289,6 +288,8 @@ def child(spec_path: Path) -> int:
     import torch
 
     folder_paths.add_model_folder_path("checkpoints", spec["checkpoint_dir"], is_default=True)
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
     impl = Native() if spec["impl"] == "native" else Pack()
     start = time.perf_counter()
     models = impl.load(spec["checkpoint"])
@@ -309,7 +310,7 @@ def child(spec_path: Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- driver
-def machine_and_versions(device: str) -> tuple[dict, dict]:
+def machine_and_versions(device: str, threads: int | None) -> tuple[dict, dict]:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -319,7 +320,7 @@ def machine_and_versions(device: str) -> tuple[dict, dict]:
         cpu = names[0].strip() if names else cpu
     meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
     total = re.search(r"MemTotal:\s+(\d+) kB", meminfo)
-    machine = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    machine = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads or torch.get_num_threads(),
                "ram_gb": round(int(total.group(1)) / 2**20, 1) if total else None, "os": platform.platform()}
     if device == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(0)
@@ -401,6 +402,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, nargs="+")
     parser.add_argument("--repeats", type=int, help="runs per implementation; medians are reported")
     parser.add_argument("--lowvram", action="store_true", help="run both sides under ComfyUI's --lowvram")
+    parser.add_argument("--threads", type=int, help="torch CPU threads of each side (default: torch's, one per core)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "test-output" / "benchmark",
                         help="holds the generated checkpoint (reused across runs) and the run's latents")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
@@ -419,7 +421,7 @@ def main(argv=None) -> int:
     checkpoint_dir = opts.workdir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ensure_checkpoint(checkpoint_dir, config["width"], config["layers"], config["dtype"])
-    machine, versions = machine_and_versions(config["device"])
+    machine, versions = machine_and_versions(config["device"], opts.threads)
 
     results = {impl: [] for impl in IMPLEMENTATIONS}
     with tempfile.TemporaryDirectory(dir=opts.workdir) as scratch:
@@ -429,7 +431,7 @@ def main(argv=None) -> int:
                 run_dir = Path(scratch) / f"{impl}_{repeat}"
                 run_dir.mkdir()
                 spec = {"impl": impl, "device": config["device"], "lowvram": config["lowvram"], "cases": cases,
-                        "warmup": config["warmup"],
+                        "warmup": config["warmup"], "threads": opts.threads,
                         "checkpoint_dir": str(checkpoint_dir), "checkpoint": ckpt, "latent_dir": str(run_dir),
                         "result": str(run_dir / "result.json")}
                 (run_dir / "spec.json").write_text(json.dumps(spec))

@@ -15,7 +15,7 @@ import json
 import random
 import shutil
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -60,6 +60,10 @@ def crafted_audio(samples=44100, channels=2, rate=44100, dtype="float32", fill="
 
 def loaded_audio(name: str) -> dict:
     return {"class_type": "LoadAudio", "inputs": {"audio": name}}
+
+
+def pack_audio(name: str) -> dict:
+    return {"class_type": "AceStudioLoadAudio", "inputs": {"audio": name}}
 
 
 def encode(audio: dict, ckpt: str) -> dict:
@@ -127,8 +131,8 @@ def with_lora(ckpt: str, lora: str, **inputs) -> dict:
     return prompt
 
 
-def original_sampler(ckpt: str, **inputs) -> dict:
-    prompt = song(ckpt)
+def original_sampler(ckpt: str, lyrics: str | None = None, **inputs) -> dict:
+    prompt = song(ckpt, lyrics=lyrics)
     sampler = next(k for k, n in prompt.items() if n["class_type"] == "KSampler")
     ks = prompt.pop(sampler)["inputs"]
     prompt[sampler] = {"class_type": "AceStudioOriginalSampler", "inputs": {
@@ -218,11 +222,13 @@ def tone(channels: int = 2, rate: int = 44100):
                                for c in range(channels)], axis=1)
 
 
-def audio_file(frames_at_rate: int, rate: int):
+def same_as_input(name: str, folder: Path = INPUT):
+    """The saved file holds the samples of `name` as soundfile reads them (up to the saved 16 bits)."""
     def check(result, server, ckpt):
         [path] = saved(result, "audio")
-        info = sf.info(path)
-        assert (info.samplerate, info.frames, info.channels) == (rate, frames_at_rate, 2)
+        ours, rate = sf.read(path, always_2d=True)
+        ref, ref_rate = sf.read(folder / name, always_2d=True)
+        assert rate == ref_rate and ours.shape == ref.shape and np.abs(ours - ref).max() < 1e-4
     return check
 
 
@@ -235,7 +241,7 @@ class Case:
     says: tuple[str, ...] = ()  # error/refusal: fragments of the message (what is wrong, how to fix it)
     node: str | None = None  # error: the class_type that raises it
     check: Callable | None = None  # ok: check(result, server, ckpt)
-    group: str = field(default="")
+    group: str = ""
 
 
 def ckpt_case(id, name, says, expect="error"):
@@ -306,6 +312,8 @@ CASES = [
     # --- lyrics and tags ---------------------------------------------------------------------------------------
     Case("lyrics-100000-characters", lambda c: song(c, lyrics=LONG_LYRICS), "error",
          ("lyric tokens", "shorten the lyrics", "4,096", NOT_ALLOCATED), "KSampler", group="text"),
+    Case("original-sampler-100000-character-lyrics", lambda c: original_sampler(c, lyrics=LONG_LYRICS), "error",
+         ("lyric tokens", "shorten the lyrics", NOT_ALLOCATED), "AceStudioOriginalSampler", group="text"),
     Case("tags-100000-characters", lambda c: song(c, tags=LONG_TAGS), "error",
          ("tag tokens", "shorten the tags", NOT_ALLOCATED), "AceStudioTextEncode", group="text"),
     Case("lyrics-control-characters", lambda c: song(c, lyrics=CONTROL), "ok", check=song_latent(), group="text"),
@@ -361,6 +369,32 @@ CASES = [
     Case("audio-larger-than-memory", lambda c: encode(crafted_audio(samples=2**31, batch=16, fill="huge-view"), c),
          "error", ("encoding 16 × 48,696 s of audio needs about", "fewer or shorter", NOT_ALLOCATED),
          "AceStudioAudioToLatent", group="audio"),
+    # --- audio files through the pack's Load Audio ----------------------------------------------------------------
+    Case("load-24bit-wav", lambda c: save(pack_audio("hostile_24bit.wav"), fmt="wav"), "ok",
+         check=same_as_input("hostile_24bit.wav"), group="load"),
+    Case("load-8bit-wav", lambda c: save(pack_audio("hostile_u8.wav"), fmt="wav"), "ok",
+         check=same_as_input("hostile_u8.wav"), group="load"),
+    Case("load-mp3", lambda c: encode(pack_audio("hostile_song.mp3"), c), "ok", check=latent_frames(22),
+         group="load"),
+    Case("load-from-output-folder", lambda c: save(pack_audio("hostile_out.flac [output]"), fmt="wav"), "ok",
+         check=same_as_input("hostile_out.flac", BASE / "output"), group="load"),
+    Case("load-name-traversal", lambda c: save(pack_audio("../../../../etc/passwd")), "error",
+         ("points outside ComfyUI's folders",), "AceStudioLoadAudio", group="load"),
+    Case("load-name-absolute", lambda c: save(pack_audio("/etc/passwd")), "error",
+         ("points outside ComfyUI's folders",), "AceStudioLoadAudio", group="load"),
+    Case("load-link-outside-comfyui", lambda c: save(pack_audio("hostile_link.flac")), "error",
+         ("is a link to", "outside ComfyUI's folders", "copy the file into ComfyUI's input folder"),
+         "AceStudioLoadAudio", group="load"),
+    Case("load-missing-file", lambda c: save(pack_audio("no_such_song.flac")), "error",
+         ("no file 'no_such_song.flac'", "upload it"), "AceStudioLoadAudio", group="load"),
+    Case("load-text-as-audio", lambda c: save(pack_audio("hostile_text.flac")), "error",
+         ("holds no audio samples", "not an audio file"), "AceStudioLoadAudio", group="load"),
+    Case("load-truncated-flac", lambda c: save(pack_audio("hostile_cut.flac")), "error",
+         ("could not be read as audio", "re-export"), "AceStudioLoadAudio", group="load"),
+    Case("load-empty-file", lambda c: save(pack_audio("hostile_empty.wav")), "error",
+         ("could not be read as audio", "damaged or not an audio file"), "AceStudioLoadAudio", group="load"),
+    Case("load-image", lambda c: save(pack_audio("hostile_image.png")), "error",
+         ("has no audio stream",), "AceStudioLoadAudio", group="load"),
     # --- audio into Save Audio ---------------------------------------------------------------------------------
     Case("save-int16-tensor", lambda c: save(crafted_audio(dtype="int16")), "ok",
          check=saved_audio(44100, 2, 44100, like=tone()), group="save"),
@@ -550,6 +584,33 @@ def hostile_files(tiny_checkpoint):
     link_out.unlink(missing_ok=True)
     link_out.symlink_to(OUTSIDE, target_is_directory=True)
     written.append(link_out)
+    for name, subtype in (("hostile_24bit.wav", "PCM_24"), ("hostile_u8.wav", "PCM_U8")):
+        sf.write(INPUT / name, tone(2, 22050)(22050) * 1.5, 22050, subtype=subtype)
+        written.append(INPUT / name)
+    sf.write(BASE / "output" / "hostile_out.flac", tone(1)(44100), 44100)
+    written.append(BASE / "output" / "hostile_out.flac")
+    import av
+
+    with av.open(str(INPUT / "hostile_song.mp3"), "w") as f:  # 2 s of stereo tone
+        stream = f.add_stream("libmp3lame", rate=44100, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(tone(2)(88200).T.astype(np.float32).copy(), format="fltp",
+                                           layout="stereo")
+        frame.sample_rate = 44100
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            f.mux(packet)
+    (INPUT / "hostile_text.flac").write_text("these are lyrics, not audio\n" * 100)
+    (INPUT / "hostile_empty.wav").write_bytes(b"")
+    sf.write(OUTSIDE / "outside.flac", tone(2)(4410), 44100)
+    (INPUT / "hostile_link.flac").unlink(missing_ok=True)
+    (INPUT / "hostile_link.flac").symlink_to(OUTSIDE / "outside.flac")
+    sf.write(INPUT / "hostile_whole.flac", tone(2)(44100), 44100)
+    whole = (INPUT / "hostile_whole.flac").read_bytes()
+    (INPUT / "hostile_cut.flac").write_bytes(whole[: len(whole) // 2])
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(INPUT / "hostile_image.png")
+    written += [INPUT / n for n in ("hostile_song.mp3", "hostile_text.flac", "hostile_empty.wav", "hostile_link.flac",
+                                    "hostile_whole.flac", "hostile_cut.flac", "hostile_image.png")]
     for name, seconds, rate, channels, silent in (("hostile_silence.flac", 2.0, 44100, 2, True),
                                                   ("hostile_mono.flac", 2.0, 44100, 1, False),
                                                   ("hostile_6ch.flac", 2.0, 48000, 6, False),
@@ -566,7 +627,7 @@ def hostile_files(tiny_checkpoint):
 
 
 # ------------------------------------------------------------------------------------------------ running it
-OUTCOMES: dict[str, str] = {}
+OUTCOMES: dict[str, tuple[str, str]] = {}  # case id -> (group, outcome; "... as expected" once every check passed)
 
 
 def _outcome(server, prompt) -> tuple[str, str, object]:
@@ -592,7 +653,7 @@ def object_info(comfy_server) -> dict:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_corpus(comfy_server, tiny_checkpoint, hostile_files, object_info, case):
     outcome, message, result = _outcome(comfy_server, with_defaults(case.graph(tiny_checkpoint), object_info))
-    OUTCOMES[case.id] = outcome
+    OUTCOMES[case.id] = (case.group, outcome)
     assert comfy_server.proc.poll() is None, f"the server died on {case.id}:\n{comfy_server.log_tail()}"
     assert outcome == case.expect, f"{case.id}: expected {case.expect}, got {outcome}: {message[:2000]}"
     for fragment in case.says:
@@ -603,7 +664,7 @@ def test_corpus(comfy_server, tiny_checkpoint, hostile_files, object_info, case)
     if case.check is not None:
         case.check(result, comfy_server, tiny_checkpoint)
     assert not PICKLE_MARKER.exists(), "a pickle was unpickled"
-    OUTCOMES[case.id] = f"{outcome} (as expected)"
+    OUTCOMES[case.id] = (case.group, f"{outcome} as expected")
 
 
 def test_corpus_figures(comfy_server, tiny_checkpoint):
@@ -615,8 +676,11 @@ def test_corpus_figures(comfy_server, tiny_checkpoint):
     [path] = saved(result, "audio")
     data, rate = sf.read(path)
     assert rate == 44100 and data.shape == (int(2.0 * 44100 / 4096) * 4096, 2) and np.isfinite(data).all()
-    crashes = [case for case, outcome in OUTCOMES.items() if "as expected" not in outcome]
-    report("hostile corpus: cases tried", len(OUTCOMES),
-           outcomes={o: sum(1 for v in OUTCOMES.values() if v.startswith(o)) for o in ("ok", "error", "refused")})
+    crashes = [case for case, (_, outcome) in OUTCOMES.items() if not outcome.endswith("as expected")]
+    groups = {}
+    for group, outcome in OUTCOMES.values():
+        counts = groups.setdefault(group, {})
+        counts[outcome.split()[0]] = counts.get(outcome.split()[0], 0) + 1
+    report("hostile corpus: cases tried", len(OUTCOMES), by_group=groups)
     report("hostile corpus: crashes or unclear outcomes", len(crashes), cases=crashes)
     assert not crashes
