@@ -449,9 +449,9 @@ def unmerged_lora(module: nn.Module, lora: Lora, strength: float = 1.0):
 
 
 def _branch(layer: nn.Module, w: LoraWeight, factor: float):
-    if isinstance(layer, nn.Linear):
+    if isinstance(layer, nn.Linear) or getattr(layer, "time_last", False):  # incl. time-last pointwise convs
         def side(x, down, up):
-            return F.linear(F.linear(x, down), up)
+            return F.linear(F.linear(x, down.flatten(1)), up.flatten(1))
     elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and layer.groups == 1:
         conv = (F.conv1d, F.conv2d, F.conv3d)[w.down.ndim - 3]
 

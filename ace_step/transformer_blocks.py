@@ -115,24 +115,34 @@ class _Conv1dHolder(nn.Module):
         return self.conv(x)
 
 
+class PointwiseConv1d(nn.Conv1d):
+    """A kernel-1 Conv1d (checkpoint layout [out, in, 1]) applied to time-last input [B, T, in] as a matrix product:
+    on CPU about 1.4x faster than conv1d's path, bit-identical there. Called as a module, so forward hooks
+    (unmerged LoRA, ERG-style scaling) still see it."""
+
+    time_last = True
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight[..., 0], self.bias)
+
+
 class GLUMBConv(nn.Module):
     """Gated 1-D conv FFN along time: 1x1 conv (dim -> 2*hidden) + SiLU, depthwise k=3 conv, split into
-    value and gate, value * SiLU(gate), 1x1 conv (hidden -> dim, no bias).
-
-    The 1x1 convs run as matrix products on [B, T, channels] (the same weights, viewed [out, in]): on CPU that is
-    about 1.4x faster than conv1d's path for them, with bit-identical results there."""
+    value and gate, value * SiLU(gate), 1x1 conv (hidden -> dim, no bias). The 1x1 convs work time-last."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.inverted_conv = _Conv1dHolder(nn.Conv1d(dim, 2 * hidden, 1))
+        self.inverted_conv = _Conv1dHolder(PointwiseConv1d(dim, 2 * hidden))
         self.depth_conv = _Conv1dHolder(nn.Conv1d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden))
-        self.point_conv = _Conv1dHolder(nn.Conv1d(hidden, dim, 1, bias=False))
+        self.point_conv = _Conv1dHolder(PointwiseConv1d(hidden, dim, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, dim]
-        inverted, point = self.inverted_conv.conv, self.point_conv.conv
-        h = F.silu(F.linear(x, inverted.weight[..., 0], inverted.bias))
+        h = F.silu(self.inverted_conv(x))
         value, gate = self.depth_conv(h.transpose(1, 2)).chunk(2, dim=1)
-        return F.linear((value * F.silu(gate)).transpose(1, 2), point.weight[..., 0])
+        return self.point_conv((value * F.silu(gate)).transpose(1, 2))
 
 
 class LinearTransformerBlock(nn.Module):
