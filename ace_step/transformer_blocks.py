@@ -34,12 +34,8 @@ def split_heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
     return t.unflatten(-1, (num_heads, -1)).transpose(1, 2)
 
 
-class LinearSelfAttention(nn.Module):
-    """ReLU linear attention over latent frames (Sana "LiteLA"), RoPE on q and k.
-
-    Per head: out_i = sum_j v_j (k_j . q_i) / (sum_j k_j . q_i + 1e-15), with q, k after ReLU, no 1/sqrt(d)
-    scaling, computed in float32 (linear attention's sums overflow/underflow easily in half precision).
-    """
+class _Projections(nn.Module):
+    """q, k, v and output projections with the checkpoint's names (`to_q`, `to_k`, `to_v`, `to_out.0`)."""
 
     def __init__(self, dim: int, num_heads: int, head_dim: int):
         super().__init__()
@@ -49,6 +45,14 @@ class LinearSelfAttention(nn.Module):
         self.to_k = nn.Linear(dim, inner)
         self.to_v = nn.Linear(dim, inner)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
+
+
+class LinearSelfAttention(_Projections):
+    """ReLU linear attention over latent frames (Sana "LiteLA"), RoPE on q and k.
+
+    Per head: out_i = sum_j v_j (k_j . q_i) / (sum_j k_j . q_i + 1e-15), with q, k after ReLU, no 1/sqrt(d)
+    scaling, computed in float32 (linear attention's sums overflow/underflow easily in half precision).
+    """
 
     def forward(self, x: torch.Tensor, rope: tuple, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [B, T, dim]; rope = (cos, sin) for the T latent positions; mask [B, T] float or None."""
@@ -72,20 +76,12 @@ class LinearSelfAttention(nn.Module):
         return out.clamp(-FP16_MAX, FP16_MAX)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_Projections):
     """Softmax attention from latent frames (queries, RoPE at frame positions) to the condition sequence
-    (keys, RoPE at condition positions 0..S-1), scale 1/sqrt(head_dim)."""
+    (keys, RoPE at condition positions 0..S-1), scale 1/sqrt(head_dim).
 
-    def __init__(self, dim: int, num_heads: int, head_dim: int):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
-        inner = num_heads * head_dim
-        self.to_q = nn.Linear(dim, inner)
-        self.to_k = nn.Linear(dim, inner)
-        self.to_v = nn.Linear(dim, inner)
-        self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
-        # The checkpoint also holds add_{q,k,v}_proj / to_add_out (diffusers' joint-attention extras);
-        # nothing ever calls them, so they are not modules here (see transformer.unused_checkpoint_shapes).
+    The checkpoint also holds add_{q,k,v}_proj / to_add_out (diffusers' joint-attention extras); nothing ever calls
+    them, so they are not modules here (see transformer.unused_checkpoint_shapes)."""
 
     def key_value(self, cond: torch.Tensor, rope_cond: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys (RoPE applied) and values of the condition, each [B, H, S, d]: they depend on the condition alone,
