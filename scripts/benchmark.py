@@ -75,8 +75,9 @@ Dancing out into the cold"""
 LYRICS_STRENGTH = 1.0
 # The original ACE-Step v1 pipeline's default guidance.
 GUIDANCE_SCALE, GUIDANCE_INTERVAL = 15.0, 0.5
-# max |latent(native) - latent(pack)| accepted: fp32 rounding over the whole run, or bf16's.
-TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
+# max |latent(native) - latent(pack)| accepted (latents have std ~1). fp32: float rounding over the run (measured
+# <= 5e-6); bf16: provisional, not yet measured.
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
 
 PRESETS = {
     # Reduced DiT (4 x 128-wide heads, 6 blocks) with the full-size lyric encoder, VAE and UMT5.

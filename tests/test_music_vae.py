@@ -269,6 +269,68 @@ def test_vocoder_matches_comfy(comfy):
     assert err <= PARITY_TOL
 
 
+def test_time_tiled_decoders_match_comfy(comfy):
+    """The decoders' time tiles (`ace_step.time_tiles`), forced down to 1-4 columns per tile so every seam and both
+    signal ends are exercised, still match ComfyUI's untiled classes, and equal our untiled path (the reference
+    order of operations) up to float rounding."""
+    config = DCAEConfig.tiny()
+    ours = DCAE(config).eval()
+    _randomize(ours, 0)
+    theirs = comfy.dc.AutoencoderDC(**_comfy_dcae_kwargs(config)).eval()
+    theirs.load_state_dict(ours.state_dict())
+    z = torch.randn(1, 8, 16, 13, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = theirs.decoder(z)
+        ours.decoder.tile_elements = None
+        untiled = ours.decode(z)
+        # Tiny widths: every level's output column holds 1024 values and doubles in width: 2048 → 1 input column per
+        # tile, 6144 → 3.
+        for tile_elements in (2048, 6144):
+            ours.decoder.tile_elements = tile_elements
+            tiled = ours.decode(z)
+            err = max_rel_error(tiled, ref)
+            report(f"DCAE decoder, tiles of {tile_elements // 2048} column(s), vs ComfyUI, max rel", err)
+            assert err <= PARITY_TOL
+            assert max_rel_error(tiled, untiled) <= 1e-6
+
+    ours_v, theirs_v, _ = _paired_vocoders(comfy, VocoderConfig.tiny())
+    mel = torch.randn(2, 128, 29, generator=torch.Generator().manual_seed(8)) * 2 - 4
+    with torch.no_grad():
+        ref = theirs_v.decode(mel)
+        ours_v.head.tile_elements = None
+        untiled = ours_v(mel)
+        for tile_elements in (128, 384):  # level 0 (16 channels, ×8): tiles of 1 and 3 input samples
+            ours_v.head.tile_elements = tile_elements
+            tiled = ours_v(mel)
+            err = max_rel_error(tiled, ref)
+            report(f"vocoder, tiles of {tile_elements // 128} level-0 sample(s), vs ComfyUI, max rel", err)
+            assert err <= PARITY_TOL
+            assert max_rel_error(tiled, untiled) <= 1e-6
+
+
+def test_map_time_tiles_equals_the_whole_signal():
+    from ace_step.time_tiles import map_time_tiles
+
+    gen = torch.Generator().manual_seed(4)
+    w1, w2 = torch.randn(3, 3, 5, generator=gen), torch.randn(2, 3, 3, generator=gen)
+
+    def local(x):  # context: 2 input samples (first conv) + 1 (the second conv's 1 sample at double rate, rounded up)
+        x = torch.nn.functional.conv1d(x, w1, padding=2)
+        return torch.nn.functional.conv1d(x.repeat_interleave(2, dim=-1), w2, padding=1)
+
+    x = torch.randn(2, 3, 23, generator=gen)
+    whole = local(x)
+    for core in (1, 4, 22):
+        tiled = map_time_tiles(local, x, core=core, context=3, scale=2)
+        assert tiled.shape == whole.shape == (2, 2, 46)
+        assert max_rel_error(tiled, whole) <= 1e-6
+    # Too little context changes the samples next to each seam: the tiles really are cut.
+    assert max_rel_error(map_time_tiles(local, x, core=4, context=1, scale=2), whole) > 1e-3
+    assert map_time_tiles(local, x, core=23, context=0, scale=2).equal(whole)
+    with pytest.raises(ValueError):
+        map_time_tiles(local, x, core=0, context=3)
+
+
 def test_music_vae_matches_comfy_wrapper(comfy):
     """End to end: our MusicVAE vs ComfyUI's MusicDCAE wrapper (including its torchaudio resampling)."""
     config = MusicVAEConfig.tiny()
