@@ -354,9 +354,10 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """latent [B, latent_channels, h, w] → mel [B, in, 8h, 8w]. Levels run deepest first.
 
-    The convolutional levels (and the output head) are local along time, so they run on time tiles of at most
+    The convolutional levels (and the output head) are local along time, so on a CPU they run on time tiles of at most
     `tile_elements` output values per item (`time_tiles`); only float rounding differs from the untiled result
-    (`tile_elements = None`, the reference code's order of operations). Attention levels see the whole song."""
+    (`tile_elements = None`, the reference code's order of operations, which GPUs run). Attention levels see the
+    whole song."""
 
     tile_elements: int | None = 2 ** 22
 
@@ -392,12 +393,10 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(z) + z.repeat_interleave(self.in_repeats, dim=1)
+        tiled = bool(self.tile_elements) and z.device.type == "cpu"
         for i in reversed(range(len(self.up_blocks))):
-            if self.tile_elements and self.local_levels[i]:
-                x = self._tiled_level(i, x)
-            else:
-                x = self.up_blocks[i](x)
-        return x if self.tile_elements and self.local_levels[0] else self._output(x)
+            x = self._tiled_level(i, x) if tiled and self.local_levels[i] else self.up_blocks[i](x)
+        return x if tiled and self.local_levels[0] else self._output(x)
 
 
 class DCAE(nn.Module):

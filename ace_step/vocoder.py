@@ -322,10 +322,11 @@ class HiFiGANHead(nn.Module):
     """conv_pre, then per level: SiLU → transposed-conv upsampler → the average of the level's ResBlock1s
     (multi-receptive-field fusion); then SiLU → conv_post → tanh.
 
-    Each level runs on time tiles of at most `tile_elements` output values per item (`time_tiles`), the fusion
-    channels-last: at audio rate the narrow levels are bound by memory traffic, not arithmetic, and oneDNN runs few
-    channels faster channels-last. Only float rounding differs from the untiled result (`tile_elements = None`,
-    the reference code's order of operations)."""
+    On a CPU each level runs on time tiles of at most `tile_elements` output values per item (`time_tiles`), the
+    fusion channels-last: at audio rate the narrow levels are bound by memory traffic, not arithmetic, and oneDNN runs
+    few channels faster channels-last. Only float rounding differs from the untiled result (`tile_elements = None`,
+    the reference code's order of operations, which GPUs run: they have no page faults to avoid, and one kernel
+    launch per operation costs less than one per tile)."""
 
     tile_elements: int | None = 2 ** 20
 
@@ -368,7 +369,7 @@ class HiFiGANHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(x)
         for i, up in enumerate(self.ups):
-            if self.tile_elements:
+            if self.tile_elements and x.device.type == "cpu":
                 x = map_time_tiles(lambda t, i=i: self._level(i, t, channels_last=True), x,
                                    core=max(1, self.tile_elements // (up.out_channels * up.stride[0])),
                                    context=self._level_context(i), scale=up.stride[0])
