@@ -5,6 +5,7 @@ ComfyUI, queue and all); one far above it refuses work that fits. So each estima
 peak and three times it. Peaks are the growth of this process's resident set (Linux's VmHWM, reset before each
 run), on the tiny networks with inputs large enough for their quadratic or per-frame terms to dominate.
 """
+import ctypes
 import math
 from pathlib import Path
 
@@ -27,8 +28,18 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
+def _return_free_heap_memory() -> None:
+    """glibc keeps freed heap blocks resident; earlier tests' leftovers would then serve fn() without the resident set
+    growing, and the peak would read as nothing."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing kept to return
+        pass
+
+
 def measured_peak(fn) -> int:
     """Bytes the resident set grows by at its highest while fn() runs."""
+    _return_free_heap_memory()
     CLEAR_REFS.write_text("5")  # VmHWM := VmRSS
     base = _status("VmRSS")
     with torch.no_grad():
