@@ -327,7 +327,12 @@ def make_block(kind: str, width: int, config: DCAEConfig) -> nn.Module:
 
 
 class Encoder(nn.Module):
-    """mel [B, in, H, W] → latent [B, latent_channels, H/8, W/8] (unscaled)."""
+    """mel [B, in, H, W] → latent [B, latent_channels, H/8, W/8] (unscaled).
+
+    As in the decoder, the convolutional levels (with conv_in) run on time tiles on a CPU (`tile_elements = None`:
+    untiled, the reference order of operations); attention levels see the whole song."""
+
+    tile_elements: int | None = 2 ** 22
 
     def __init__(self, config: DCAEConfig):
         super().__init__()
@@ -340,13 +345,27 @@ class Encoder(nn.Module):
             if i < levels - 1:
                 layers.append(Downsample(widths[i], widths[i + 1]))
             self.down_blocks.append(nn.Sequential(*layers))
+        self.local_levels = [t == RES for t in config.encoder_block_types]
         self.conv_out = conv3x3(widths[-1], config.latent_channels)
         self.out_group = widths[-1] // config.latent_channels
 
+    def _tiled_level(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """conv_in first when i is 0, then level i (convolutional), on time tiles."""
+        level = self.down_blocks[i]
+        stride = 2 if isinstance(level[-1], Downsample) else 1
+        # Columns of context at the level's input resolution: one per 3×3 conv (two per ResBlock, one in the
+        # downsampler, one in conv_in).
+        context = sum(2 if isinstance(m, ResBlock) else 1 for m in level) + (1 if i == 0 else 0)
+        fn = (lambda t: level(self.conv_in(t))) if i == 0 else level
+        column = level[0].conv1.out_channels * x.shape[2]
+        return map_time_tiles(fn, x, core=max(1, self.tile_elements // column), context=context, stride=stride)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_in(x)
-        for level in self.down_blocks:
-            x = level(x)
+        tiled = bool(self.tile_elements) and x.device.type == "cpu"
+        if not (tiled and self.local_levels[0]):
+            x = self.conv_in(x)
+        for i, level in enumerate(self.down_blocks):
+            x = self._tiled_level(i, x) if tiled and self.local_levels[i] else level(x)
         # Shortcut to the latent: the average of each group of consecutive channels.
         return self.conv_out(x) + x.unflatten(1, (-1, self.out_group)).mean(dim=2)
 

@@ -269,43 +269,48 @@ def test_vocoder_matches_comfy(comfy):
     assert err <= PARITY_TOL
 
 
-def test_time_tiled_decoders_match_comfy(comfy):
-    """The decoders' time tiles (`ace_step.time_tiles`), forced down to 1-4 columns per tile so every seam and both
-    signal ends are exercised, still match ComfyUI's untiled classes, and equal our untiled path (the reference
-    order of operations) up to float rounding."""
+def _check_time_tiles(what: str, holder, run, ref: torch.Tensor, tile_sizes: dict[str, int]) -> None:
+    """run() untiled (holder.tile_elements = None), then with each tile size: tiled vs ComfyUI's untiled `ref` within
+    the parity tolerance, and vs our untiled path within float rounding."""
+    holder.tile_elements = None
+    with torch.no_grad():
+        untiled = run()
+        for label, tile_elements in tile_sizes.items():
+            holder.tile_elements = tile_elements
+            tiled = run()
+            err = max_rel_error(tiled, ref)
+            report(f"{what}, tiles of {label}, vs ComfyUI, max rel", err)
+            assert err <= PARITY_TOL
+            assert max_rel_error(tiled, untiled) <= 1e-6
+
+
+def test_time_tiled_networks_match_comfy(comfy):
+    """The DCAE's and the vocoder's time tiles (`ace_step.time_tiles`), forced down to 1-6 columns per tile so every
+    seam and both signal ends are exercised, still match ComfyUI's untiled classes, and equal our untiled path (the
+    reference order of operations) up to float rounding."""
     config = DCAEConfig.tiny()
     ours = DCAE(config).eval()
     _randomize(ours, 0)
     theirs = comfy.dc.AutoencoderDC(**_comfy_dcae_kwargs(config)).eval()
     theirs.load_state_dict(ours.state_dict())
+    mel = torch.randn(1, 2, 128, 8 * 13, generator=torch.Generator().manual_seed(5))
     z = torch.randn(1, 8, 16, 13, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
-        ref = theirs.decoder(z)
-        ours.decoder.tile_elements = None
-        untiled = ours.decode(z)
-        # Tiny widths: every level's output column holds 1024 values and doubles in width: 2048 → 1 input column per
-        # tile, 6144 → 3.
-        for tile_elements in (2048, 6144):
-            ours.decoder.tile_elements = tile_elements
-            tiled = ours.decode(z)
-            err = max_rel_error(tiled, ref)
-            report(f"DCAE decoder, tiles of {tile_elements // 2048} column(s), vs ComfyUI, max rel", err)
-            assert err <= PARITY_TOL
-            assert max_rel_error(tiled, untiled) <= 1e-6
+        ref_latent, ref_mel = theirs.encoder(mel), theirs.decoder(z)
+    # Every tiny encoder level's input column holds 1024 values; every decoder level's output column too, at twice
+    # its input's width.
+    _check_time_tiles("DCAE encoder", ours.encoder, lambda: ours.encode(mel), ref_latent,
+                      {"2 columns": 2048, "6 columns": 6144})
+    _check_time_tiles("DCAE decoder", ours.decoder, lambda: ours.decode(z), ref_mel,
+                      {"1 column": 2048, "3 columns": 6144})
 
     ours_v, theirs_v, _ = _paired_vocoders(comfy, VocoderConfig.tiny())
     mel = torch.randn(2, 128, 29, generator=torch.Generator().manual_seed(8)) * 2 - 4
     with torch.no_grad():
-        ref = theirs_v.decode(mel)
-        ours_v.head.tile_elements = None
-        untiled = ours_v(mel)
-        for tile_elements in (128, 384):  # level 0 (16 channels, ×8): tiles of 1 and 3 input samples
-            ours_v.head.tile_elements = tile_elements
-            tiled = ours_v(mel)
-            err = max_rel_error(tiled, ref)
-            report(f"vocoder, tiles of {tile_elements // 128} level-0 sample(s), vs ComfyUI, max rel", err)
-            assert err <= PARITY_TOL
-            assert max_rel_error(tiled, untiled) <= 1e-6
+        ref_wave = theirs_v.decode(mel)
+    # Level 0 has 16 channels at ×8.
+    _check_time_tiles("vocoder", ours_v.head, lambda: ours_v(mel), ref_wave,
+                      {"1 level-0 sample": 128, "3 level-0 samples": 384})
 
 
 def test_map_time_tiles_equals_the_whole_signal():
@@ -329,6 +334,18 @@ def test_map_time_tiles_equals_the_whole_signal():
     assert map_time_tiles(local, x, core=23, context=0, scale=2).equal(whole)
     with pytest.raises(ValueError):
         map_time_tiles(local, x, core=0, context=3)
+
+    def downsample(x):  # stride 2, kernel 3: context 1 input sample
+        return torch.nn.functional.conv1d(x, w1[:, :, :3], stride=2, padding=1)
+
+    x = x[..., :22]
+    whole = downsample(x)
+    for core in (1, 2, 5, 8):  # odd cores round up to whole output samples
+        tiled = map_time_tiles(downsample, x, core=core, context=1, stride=2)
+        assert tiled.shape == whole.shape == (2, 3, 11)
+        assert max_rel_error(tiled, whole) <= 1e-6
+    with pytest.raises(ValueError):
+        map_time_tiles(downsample, x[..., :21], core=4, context=1, stride=2)  # 21 samples have no stride-2 grid
 
 
 def test_music_vae_matches_comfy_wrapper(comfy):
