@@ -326,6 +326,12 @@ def make_block(kind: str, width: int, config: DCAEConfig) -> nn.Module:
     return EfficientViTBlock(width, config.head_dim, config.qkv_multiscales, config.mlp_expand)
 
 
+def _conv_context(level: nn.Sequential, extra_convs: int = 0) -> int:
+    """Columns of context on each side of a convolutional level: one per 3×3 conv (two per ResBlock, one in an
+    up- or downsampler), plus `extra_convs` more (conv_in, conv_out)."""
+    return sum(2 if isinstance(m, ResBlock) else 1 for m in level) + extra_convs
+
+
 class Encoder(nn.Module):
     """mel [B, in, H, W] → latent [B, latent_channels, H/8, W/8] (unscaled).
 
@@ -353,9 +359,8 @@ class Encoder(nn.Module):
         """conv_in first when i is 0, then level i (convolutional), on time tiles."""
         level = self.down_blocks[i]
         stride = 2 if isinstance(level[-1], Downsample) else 1
-        # Columns of context at the level's input resolution: one per 3×3 conv (two per ResBlock, one in the
-        # downsampler, one in conv_in).
-        context = sum(2 if isinstance(m, ResBlock) else 1 for m in level) + (1 if i == 0 else 0)
+        # At the level's input resolution, conv_in included.
+        context = _conv_context(level, extra_convs=1 if i == 0 else 0)
         fn = (lambda t: level(self.conv_in(t))) if i == 0 else level
         column = level[0].conv1.out_channels * x.shape[2]
         return map_time_tiles(fn, x, core=max(1, self.tile_elements // column), context=context, stride=stride)
@@ -402,9 +407,8 @@ class Decoder(nn.Module):
         """Level i (convolutional), then the output head when i is 0, on time tiles."""
         level = self.up_blocks[i]
         scale = 2 if isinstance(level[0], Upsample) else 1
-        # Columns of context at the level's output resolution: one per 3×3 conv (two per ResBlock, one in the
-        # upsampler, one in conv_out); at its input, the upsampler halves them.
-        out_context = sum(2 if isinstance(m, ResBlock) else 1 for m in level) + (1 if i == 0 else 0)
+        # At the level's output resolution, conv_out included; at its input, the upsampler halves it.
+        out_context = _conv_context(level, extra_convs=1 if i == 0 else 0)
         fn = (lambda t: self._output(level(t))) if i == 0 else level
         out_column = level[-1].conv1.out_channels * x.shape[2] * scale
         return map_time_tiles(fn, x, core=max(1, self.tile_elements // (out_column * scale)),
