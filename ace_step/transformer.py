@@ -332,7 +332,7 @@ class ACEStepTransformer(nn.Module):
 
         h = self.proj_in(x)  # [B, T, D]
         rope_x = rope_tables(h.shape[1], self.config.head_dim, self.config.rope_theta, device=device)
-        rope_cond = rope_tables(cond.shape[1], self.config.head_dim, self.config.rope_theta, device=device)
+        rope_cond = None if cross_kv is not None else self._cond_rope(cond)  # cached keys carry it already
         if latent_mask is not None:
             latent_mask = latent_mask.to(device=device, dtype=dtype)
         key_mask = None if cond_mask is None else cond_mask.to(device) != 0
@@ -349,8 +349,11 @@ class ACEStepTransformer(nn.Module):
         """Every block's cross-attention keys and values [(k, v) each [B, H, S, d]] for an `encode_condition`
         output: constant over a sampling run, so `decode(..., cross_kv=)` need not recompute them per step."""
         cond = cond.to(device=self.device, dtype=self.dtype)
-        rope_cond = rope_tables(cond.shape[1], self.config.head_dim, self.config.rope_theta, device=self.device)
+        rope_cond = self._cond_rope(cond)
         return [block.cross_attn.key_value(cond, rope_cond) for block in self.transformer_blocks]
+
+    def _cond_rope(self, cond: torch.Tensor) -> tuple:
+        return rope_tables(cond.shape[1], self.config.head_dim, self.config.rope_theta, device=cond.device)
 
     def _unpatchify(self, h: torch.Tensor, width: int) -> torch.Tensor:
         ph, pw = self.config.patch_size

@@ -346,11 +346,11 @@ class LyricEdit(io.ComfyNode):
             device, dtype = model.load_device, dm.dtype
 
             def guided(positive):
-                negative = orig.null_conditioning(positive, use_erg_tag=False, use_erg_lyric=False)
-                return orig.OriginalVelocity(dm, settings, steps, positive, negative, None, len(seeds))
+                return orig.original_velocity(dm, positive, settings, steps, len(seeds), use_erg_tag=False,
+                                              use_erg_lyric=False)
 
-            source_v, target_edit_v, target_v = guided(source_positive), guided(target_positive), \
-                guided(target_positive)
+            source_v, target_v = guided(source_positive), guided(target_positive)
+            target_edit_v = target_v.with_guider(settings.guider(steps))
             target_edit_v.guider.momentum = None  # the original's edit-phase target pass has no momentum buffer
 
             def velocity_pair(z_src, z_tar, t, i):

@@ -15,6 +15,7 @@ and the SAMPLER / GUIDER objects below for SamplerCustomAdvanced.
 """
 from __future__ import annotations
 
+import copy
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -193,16 +194,32 @@ class OriginalVelocity:
         if self.guider.double_condition and text_only is None:
             raise ValueError("double guidance (guidance_scale_text and guidance_scale_lyric both > 1) needs the "
                              "text-only condition")
-        self.cond = encode_conditioning(diffusion_model, positive, batch)
-        self.uncond = encode_conditioning(diffusion_model, negative, batch)
-        self.text_only = encode_conditioning(diffusion_model, text_only, batch) if self.guider.double_condition \
-            else None
+        self.cond = self._encoded(positive, batch)
+        self.uncond = self._encoded(negative, batch)
+        self.text_only = self._encoded(text_only, batch) if self.guider.double_condition else None
+        # The diffusion ERG scales queries only, so the unconditional keys/values are the plain ones.
         self.uncond_hooks = erg.diffusion_modules(diffusion_model.config.num_layers) if settings.erg_diffusion else []
 
+    def with_guider(self, guider: Guider) -> "OriginalVelocity":
+        """The same encoded conditions under another guider (its own APG momentum)."""
+        other = copy.copy(self)
+        other.guider = guider
+        return other
+
+    def _encoded(self, conditioning: list, batch: int) -> tuple:
+        """(cond, mask, cross-attention keys/values): constant over the run, so computed once, not per pass, and
+        for the one row the batch repeats."""
+        cond, mask = encode_conditioning(self.model, conditioning, batch)
+        kv = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+              for k, v in self.model.cross_attention_kv(cond[:1])]
+        return cond, mask, kv
+
     def _pass(self, x, t, condition, hooks=()):
+        cond, mask, kv = condition
+
         def run():
             with erg.scaled_outputs(self.model, hooks):
-                return self.model.decode(x, t, *condition)
+                return self.model.decode(x, t, cond, mask, cross_kv=kv)
         return run
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ import logging
 
 from comfy_api.latest import io
 
-from ..ace_step.guidance import CFG_TYPES
+from ..ace_step.guidance import CFG_TYPES, double_guidance_active
 from ..ace_step.schedules import SCHEDULERS
 from . import original_sampling as orig
 from .common import CATEGORY, display_name, node_id
@@ -219,7 +219,7 @@ class OriginalGuider(io.ComfyNode):
                 text_only=None) -> io.NodeOutput:
         settings = _settings(cfg_type, guidance_scale, guidance_interval, guidance_interval_decay, min_guidance_scale,
                              use_erg_diffusion, guidance_scale_text, guidance_scale_lyric)
-        if settings.guider(1).double_condition and text_only is None:
+        if double_guidance_active(settings.scale_text, settings.scale_lyric) and text_only is None:
             raise ValueError("double guidance (both text and lyric scales above 1) needs the text_only input")
         guider = orig.OriginalGuider(model, settings)
         guider.set_conds(positive, negative, text_only)
