@@ -276,6 +276,11 @@ def comfy_attention_mask(ids: Sequence[int]) -> list[int]:
 
 
 @torch.no_grad()
+def is_weighted(token_weights) -> bool:
+    """Whether any (token, weight) pair carries a weight other than 1: such prompts also encode an empty row."""
+    return any(float(w) != 1.0 for _, w in token_weights)
+
+
 def encode_token_weights(model: UMT5Encoder, token_weights: Sequence[tuple[int, float]], *,
                          q_scale: Mapping[int, float] | None = None) -> torch.Tensor:
     """Encodes one tokenised prompt [(id, weight), ...] the way ComfyUI's CLIP encode does -> [1, N, d] fp32.
@@ -289,7 +294,7 @@ def encode_token_weights(model: UMT5Encoder, token_weights: Sequence[tuple[int, 
     device = model.transformer.shared.weight.device
     ids = [int(t) for t, _ in token_weights]
     weights = torch.tensor([float(w) for _, w in token_weights], dtype=torch.float32, device=device)
-    weighted = bool((weights != 1.0).any())
+    weighted = is_weighted(token_weights)
 
     rows = [ids]
     if weighted:

@@ -19,7 +19,7 @@ import torch
 
 from ..ace_step.condition_cache import ConditionCache
 from ..ace_step.transformer import ACEStepTransformer
-from ..ace_step.umt5 import encode_token_weights
+from ..ace_step.umt5 import encode_token_weights, is_weighted
 from .audio_input import float_waveform, to_stereo
 from .memory import require_memory
 
@@ -114,7 +114,7 @@ class AceStepClip:
 
     def encode_from_tokens(self, tokens: dict, return_pooled=False, return_dict=False):
         tags = tokens["umt5base"]
-        rows = 2 if any(w != 1.0 for _, w in tags) else 1  # weighted prompts encode an empty row beside
+        rows = 2 if is_weighted(tags) else 1
         require_memory(self.text_encoder.working_bytes(len(tags), rows), self.patcher.load_device,
                        f"encoding {len(tags):,} tag tokens (the text encoder's attention grows with their square)",
                        "shorten the tags: a few dozen comma-separated words describe a song, and the original "

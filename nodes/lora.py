@@ -56,10 +56,6 @@ def add_lora(model: comfy.model_patcher.ModelPatcher, lora: Lora, strength: floa
     return patched
 
 
-def model_shapes(model: comfy.model_patcher.ModelPatcher) -> dict:
-    return {k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()}
-
-
 class LoraLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -94,7 +90,7 @@ class LoraLoader(io.ComfyNode):
         rslora = RANK_SCALING[choice("rank_scaling", rank_scaling, RANK_SCALING)]
         scaling = LoraScaling(alpha=alpha or None, rslora=rslora)
         # Parsed even at strength 0, so a wrong file is reported whatever the strength.
-        lora = parse_lora(read_cached(path), model_shapes(model), scaling)
+        lora = parse_lora(read_cached(path), model.model.diffusion_model, scaling)
         log.info("ACE-Step LoRA %s: %d weights, %s, strength %g", lora_name, len(lora.weights), lora.scaling,
                  strength)
         if strength == 0:
