@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import tempfile
+from typing import Callable
 
 import av
 import numpy as np
@@ -61,39 +62,37 @@ def encode_audio(waveform: np.ndarray, sample_rate: int, fmt: str, quality: str 
     return buffer.getvalue()
 
 
-def audio_file_size(path: str) -> tuple[int, int] | None:
-    """(channels, samples) of a file's first audio stream as its header states them, None when it does not."""
-    try:
-        with av.open(path) as container:
-            if not container.streams.audio:
-                return None
-            stream = container.streams.audio[0]
-            if stream.duration is not None:
-                seconds = float(stream.duration * stream.time_base)
-            elif container.duration is not None:
-                seconds = container.duration / av.time_base
-            else:
-                return None
-            return stream.channels, int(seconds * stream.rate) + 1
-    except av.error.FFmpegError:
-        return None  # decode_audio_file says what is wrong
+def _header_samples(container, stream) -> int | None:
+    """Samples of `stream` as the file's header states them, None when it does not."""
+    if stream.duration is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / av.time_base
+    else:
+        return None
+    return int(seconds * stream.rate) + 1
 
 
-def decode_audio_file(path: str) -> tuple[np.ndarray, int]:
+def decode_audio_file(path: str, check: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
     """The first audio stream of any file FFmpeg reads (WAV, FLAC, MP3, Opus, a video...) as float32
-    [channels, samples] in [-1, 1], and its sample rate. Damaged or non-audio files raise a ValueError saying so."""
+    [channels, samples] in [-1, 1], and its sample rate. Damaged or non-audio files raise a ValueError saying so.
+    `check(channels, samples)` sees the size the header states (when it states one) before anything is decoded."""
     name = os.path.basename(path)
     try:
         with av.open(path) as container:
             if not container.streams.audio:
                 raise ValueError(f"{name} has no audio stream: choose an audio file (or a video with sound)")
             stream = container.streams.audio[0]
+            samples = _header_samples(container, stream)
+            if check is not None and samples is not None:
+                check(stream.channels, samples)
             resampler, blocks, frames, pending = None, [], [], 0
             for frame in container.decode(stream):
                 # Whatever the stored sample format (16/24/32-bit, float, planar or not): planar float32.
                 resampler = resampler or av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.rate)
-                frames += [f.to_ndarray() for f in resampler.resample(frame)]
-                pending += frames[-1].nbytes if frames else 0
+                new = [f.to_ndarray() for f in resampler.resample(frame)]
+                frames += new
+                pending += sum(a.nbytes for a in new)
                 if pending >= _BLOCK_BYTES:
                     blocks.append(np.concatenate(frames, axis=1))
                     frames, pending = [], 0

@@ -9,7 +9,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from .audio_files import audio_file_size, decode_audio_file
+from .audio_files import decode_audio_file
 from .common import CATEGORY, display_name, node_id
 from .memory import require_memory
 from .paths import input_file
@@ -46,11 +46,9 @@ class LoadAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio) -> io.NodeOutput:
-        path = str(input_file(audio))
-        size = audio_file_size(path)
-        if size is not None:  # decoded chunks and their concatenation
-            channels, samples = size
+        def fits(channels: int, samples: int):  # decoded chunks and their concatenation
             require_memory(2 * 4 * channels * samples, torch.device("cpu"), f"loading {audio}",
                            "use a shorter file (cut it in your audio editor)")
-        samples, rate = decode_audio_file(path)
+
+        samples, rate = decode_audio_file(str(input_file(audio)), check=fits)
         return io.NodeOutput({"waveform": torch.from_numpy(samples)[None], "sample_rate": rate})

@@ -43,15 +43,10 @@ def comfy_folders() -> list[Path]:
     return [Path(os.path.realpath(r)) for r in roots]
 
 
-def is_inside(path: Path, roots: list[Path]) -> bool:
-    real = os.path.realpath(path)
-    return any(os.path.commonpath((real, str(root))) == str(root) for root in roots)
-
-
 def require_inside(path: Path, roots: list[Path], what: str, fix: str) -> Path:
     """The real path of `path` (links followed), refused when that leaves `roots`."""
     real = Path(os.path.realpath(path))
-    if not is_inside(real, roots):
+    if not any(os.path.commonpath((str(real), str(root))) == str(root) for root in roots):
         raise UnsafePathError(f"the {what} {str(path)!r} is a link to {str(real)!r}, outside ComfyUI's folders, so "
                               f"it is not read or written: {fix}")
     return real
@@ -111,21 +106,22 @@ def save_folder(filename_prefix: str) -> tuple[str, str, int, str]:
     """(folder, file stem, first free counter, subfolder) for a save node's filename_prefix, inside the output
     folder: refuses absolute prefixes, '..', and sub-folders that are links to elsewhere."""
     plain_relative_name(filename_prefix, "filename_prefix")
-    if os.path.basename(os.path.normpath(filename_prefix)) in ("", "."):
+    prefix_dir, prefix_name = os.path.split(os.path.normpath(filename_prefix))
+    if prefix_name in ("", "."):
         raise UnsafePathError(f"filename_prefix {filename_prefix!r} has no file name: end it with one, e.g. "
                               "'audio/my_song'")
     out_dir = folder_paths.get_output_directory()
     roots = [Path(os.path.realpath(out_dir))]
     fix = "save into a real folder inside the output folder"
     # The deepest folder of the prefix that exists already must not lead out (the rest is created below it).
-    existing = Path(out_dir) / os.path.dirname(os.path.normpath(filename_prefix))
+    existing = Path(out_dir) / prefix_dir
     while not os.path.lexists(existing) and existing != Path(out_dir):
         existing = existing.parent
     require_inside(existing, roots, "output sub-folder", fix)
-    stem = os.path.basename(os.path.normpath(filename_prefix))
-    if len(stem.encode()) > MAX_STEM_BYTES:
-        raise UnsafePathError(f"filename_prefix ends in a file name of {len(stem.encode())} bytes; file systems allow "
-                              f"255 with the counter and extension, so at most {MAX_STEM_BYTES}: shorten it")
+    if len(prefix_name.encode()) > MAX_STEM_BYTES:
+        raise UnsafePathError(f"filename_prefix ends in a file name of {len(prefix_name.encode())} bytes; file "
+                              f"systems allow 255 with the counter and extension, so at most {MAX_STEM_BYTES}: "
+                              "shorten it")
     folder, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
     require_inside(Path(folder), roots, "output sub-folder", fix)
     return folder, stem, counter, subfolder
