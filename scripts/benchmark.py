@@ -114,8 +114,9 @@ def text_encoder_values_both_sides_hold(states: dict):
 
 def ensure_checkpoint(folder: Path, width: int, layers: int, dtype: str) -> str:
     """The benchmark checkpoint's file name in `folder`, written first if missing (deterministic, seeded)."""
-    import_comfy_for(device="cpu")
-    marker = import_native_hook().MARKER
+    from comfy_inprocess import native_hook_constant
+
+    marker = native_hook_constant("MARKER")
     from ace_step.music_vae import MusicVAEConfig
     from ace_step.tiny_checkpoint import write_tiny_checkpoint
     from ace_step.transformer import TransformerConfig
@@ -313,6 +314,7 @@ def child(spec_path: Path) -> int:
 # ---------------------------------------------------------------------------------------------------- driver
 def machine_and_versions(device: str, threads: int | None) -> tuple[dict, dict]:
     import torch
+    from comfy_inprocess import comfyui_path
 
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -325,7 +327,7 @@ def machine_and_versions(device: str, threads: int | None) -> tuple[dict, dict]:
                "ram_gb": round(int(total.group(1)) / 2**20, 1) if total else None, "os": platform.platform()}
     if device == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(0)
-    comfy_version = re.search(r'__version__ = "([^"]+)"', (import_comfy_for("cpu") / "comfyui_version.py").read_text())
+    comfy_version = re.search(r'__version__ = "([^"]+)"', (comfyui_path() / "comfyui_version.py").read_text())
     git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
     versions = {"python": platform.python_version(), "torch": torch.__version__,
                 "comfyui": comfy_version.group(1) if comfy_version else None, "pack": git.stdout.strip() or None}

@@ -2,11 +2,13 @@
 
 Only tests and scripts/benchmark.py use this; nothing of ComfyUI is copied into the pack.
 """
+import ast
 import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+NATIVE_HOOK_SOURCE = Path(__file__).resolve().parent / "native_hook" / "__init__.py"
 
 
 def comfyui_path() -> Path:
@@ -28,3 +30,11 @@ def import_comfy(cpu: bool = True, lowvram: bool = False):
     import comfy.model_management  # noqa: F401  (device detection reads args.cpu and args.lowvram)
 
     return path
+
+
+def native_hook_constant(name: str):
+    """A constant of tests/native_hook, read from its source (importing it would patch this process's ComfyUI)."""
+    for node in ast.parse(NATIVE_HOOK_SOURCE.read_text()).body:
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == [name]:
+            return ast.literal_eval(node.value)
+    raise LookupError(name)

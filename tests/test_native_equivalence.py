@@ -31,21 +31,11 @@ from ace_step.tiny_checkpoint import write_tiny_checkpoint
 from ace_step.transformer import TransformerConfig
 from ace_step.umt5 import UMT5Config
 from comfy_harness import run_prompt
+from comfy_inprocess import NATIVE_HOOK_SOURCE, native_hook_constant
 from conftest import NATIVE_HOOK
 from measure import OUTPUT_DIR, report
 
-HOOK_SOURCE = Path(__file__).resolve().parent / "native_hook" / "__init__.py"
-
-
-def hook_constant(name: str) -> str:
-    """A constant of the hook, read from its source (importing it would patch this process's ComfyUI)."""
-    for node in ast.parse(HOOK_SOURCE.read_text()).body:
-        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == [name]:
-            return ast.literal_eval(node.value)
-    raise LookupError(name)
-
-
-MARKER, HOOK_LOG = hook_constant("MARKER"), hook_constant("LOG_PREFIX")
+MARKER, HOOK_LOG = native_hook_constant("MARKER"), native_hook_constant("LOG_PREFIX")
 CHECKPOINT = "ace_step_native_parity.safetensors"
 WIDTH, LAYERS = 256, 2
 TOLERANCE = 1e-4
@@ -166,7 +156,7 @@ def log_since(server, offset: int) -> str:
 
 def test_hook_changes_only_unet_detection():
     """The hook rebinds exactly one ComfyUI attribute, and changes nothing else by other means."""
-    tree = ast.parse(HOOK_SOURCE.read_text())
+    tree = ast.parse(NATIVE_HOOK_SOURCE.read_text())
     stores = [n for n in ast.walk(tree)
               if isinstance(n, (ast.Attribute, ast.Subscript)) and isinstance(n.ctx, ast.Store)]
     assert [ast.unparse(n) for n in stores] == ["comfy.model_detection.detect_unet_config"]
