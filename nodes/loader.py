@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..ace_step.checkpoint import load_ace_step
-from ..ace_step.lyrics import LyricTokenizer
+from ..ace_step.text.lyrics import LyricTokenizer
 from .comfy_models import AceStepClip, AceStepVae, model_patcher
 from .common import CATEGORY, display_name, node_id
 from .paths import model_file, model_folder, plain_relative_name

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ace_step.lyrics import (
+from ace_step.text.lyrics import (
     LANGUAGE_TOKENS,
     VOCAB_SIZE,
     LyricTokenizer,

@@ -40,7 +40,7 @@ def pack_module(name: str):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from ace_step.checkpoint import load_ace_step
-    from ace_step.lyrics import LyricTokenizer
+    from ace_step.text.lyrics import LyricTokenizer
     from ace_step.tiny_checkpoint import write_tiny_checkpoint
 
     comfy_models = pack_module("comfy_models")

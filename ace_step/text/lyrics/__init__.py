@@ -1,6 +1,6 @@
 """ACE-Step v1 lyric tokenizer (text -> lyric token ids), independent of ComfyUI.
 
-    from ace_step.lyrics import LyricTokenizer, find_vocab
+    from ace_step.text.lyrics import LyricTokenizer, find_vocab
     tok = LyricTokenizer(find_vocab(comfyui_root="/path/to/ComfyUI"))
     ids = tok.encode("[verse]\\n我走过深夜的街道\\nNeon lights they flicker bright")
 """

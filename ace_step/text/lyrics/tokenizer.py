@@ -26,7 +26,7 @@ import os
 import re
 import unicodedata
 
-from ..text_tokenizer import valid_unicode
+from ...text_tokenizer import valid_unicode
 from .cleaners import MULTILINGUAL, basic_cleaners, collapse_whitespace, multilingual_cleaners
 from .ja import romanize_japanese
 from .ko import romanize_korean

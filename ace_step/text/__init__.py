@@ -1,0 +1,1 @@
+"""Text processing for the models: lyric and prompt tokenization."""
