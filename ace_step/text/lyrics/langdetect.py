@@ -12,13 +12,26 @@ segmentation, including its quirks, e.g.:
 * Latin-script runs are classified per sentence by py3langid, so short English lines may come out as "it" or "fr".
 
 This module re-implements that segmentation compactly (own code, same rules). It is a pure function of the line
-(the pipeline also detects one line at a time, so LangSegment's cross-line merging never applies). One
-simplification: inside SSML tags (``<number>12</number>``) LangSegment spells digits out in Chinese before counting;
-we count the text as written.
+(the pipeline also detects one line at a time, so LangSegment's cross-line merging never applies). The rules (script
+patterns, the 96-language filter list, the zh/ja tie-breaks) are LangSegment 0.3.5's (juntaosun/LangSegment,
+BSD-3-Clause), as vendored in ACE-Step `acestep/language_segmentation/LangSegment.py`; py3langid (BSD-3-Clause) is
+its classifier and ours.
+
+Why not the `LangSegment` package itself: its detector is a class with global, class-level state (the language
+filter), so any other custom node in the same ComfyUI process that sets its own filter would change our decisions;
+two incompatible distributions on PyPI (LangSegment 0.2.0 and an unofficial 0.3.5 backup) install the same
+top-level `LangSegment` module, which other node packs pin; and we differ from it on purpose in two places:
+
+* emoji and other pictographic symbols are removed before detection. LangSegment books them as Chinese, so that
+  "I ❤️ you 😀" came out Chinese (English yields to the runner-up); emoji are not Chinese. A line of symbols only is
+  English;
+* inside SSML tags (``<number>12</number>``) LangSegment spells digits out in Chinese before counting; we count the
+  text as written.
 """
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 
 # ISO codes py3langid may answer with that LangSegment keeps (its `language_filters.default`). Every py3langid
@@ -61,6 +74,9 @@ _KANA = re.compile(r"[\u3040-\u309F\u30A0-\u30FF]")
 # uses "⑥...⑥" keys for the same reason), and they never reach the classifier.
 _PLACEHOLDER_BASE = 0x20000
 _PLACEHOLDER_COUNT = 0x2A6DF - 0x20000
+# Besides the pictographs themselves (category So), what emoji sequences are built with: skin-tone modifiers, text
+# and emoji presentation selectors, the keycap mark.
+_EMOJI_MODIFIERS = frozenset([chr(c) for c in range(0x1F3FB, 0x1F400)] + ["\ufe0e", "\ufe0f", "\u20e3"])
 _MAX_LINE = 5000  # longer lines are judged on their first 5000 characters (cost bound; lyric lines never get close)
 
 
@@ -284,9 +300,17 @@ def language_counts(line: str) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(state.counts.items(), key=lambda kv: kv[1], reverse=True))
 
 
+def _without_pictographs(line: str) -> str:
+    return "".join(c for c in line if unicodedata.category(c) != "So" and c not in _EMOJI_MODIFIERS)
+
+
 def detect_language(line: str) -> str:
-    """The original pipeline's language code for one lyric line (any py3langid code; callers map unsupported
-    codes to "en"). Never raises: where LangSegment would fail the original falls back to "en", and so do we."""
+    """The language code the original pipeline picks for one lyric line: any py3langid code, so possibly one ACE-Step
+    v1 does not read (the tokenizer encodes those lines as English). Emoji do not vote (see the module docstring).
+    Never raises: where LangSegment would fail the original falls back to "en", and so do we."""
+    line = _without_pictographs(line)
+    if not line.strip():
+        return "en"
     try:
         ranked = language_counts(line)
     except Exception:

@@ -14,6 +14,20 @@ ENV_VAR = "ACE_STEP_LYRICS_VOCAB"
 COMFYUI_RELATIVE = Path("comfy") / "text_encoders" / "ace_lyrics_tokenizer" / "vocab.json"
 VOCAB_SIZE = 6693  # = the transformer's lyric embedding rows
 
+START, SPACE, STOP, UNK = 261, 2, 0, 1
+LANGUAGE_TOKENS = {
+    "en": 259, "de": 260, "fr": 262, "es": 284, "it": 285, "pt": 286, "pl": 294, "tr": 295, "ru": 267, "cs": 293,
+    "nl": 297, "ar": 5022, "zh": 5023, "ja": 5412, "hu": 5753, "ko": 6152, "hi": 6680,
+}
+SUPPORTED_LANGUAGES = tuple(LANGUAGE_TOKENS)
+LANGUAGE_NAMES = {
+    "en": "English", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
+    "pl": "Polish", "tr": "Turkish", "ru": "Russian", "cs": "Czech", "nl": "Dutch", "ar": "Arabic", "zh": "Chinese",
+    "ja": "Japanese", "hu": "Hungarian", "ko": "Korean", "hi": "Hindi",
+}
+STRUCTURE_TAGS = ("start", "intro", "verse", "chorus", "bridge", "outro", "end", "inst", "solo", "hook",
+                  "pre-chorus", "break")  # ids 6681..6692, matched only as exact lowercase "[tag]"
+
 
 class VocabNotFoundError(FileNotFoundError):
     """No lyric vocabulary file could be found; the message lists where we looked and how to fix it."""

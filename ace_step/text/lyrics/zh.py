@@ -1,28 +1,28 @@
 """Chinese: spell numbers out in Chinese characters, turn all punctuation into ",", then convert to tone-numbered
 pinyin (pypinyin Style.TONE3, neutral tone 5, syllables joined without spaces: 我走过 -> "wo3zou3guo4").
 
-The number normaliser reproduces what the original tokenizer's `zh_num2words.TextNorm()` (default options) does
-for the cases it recognises, in the same order: dates, money, phone numbers, fractions, percentages, numbers with a
-measure word, runs of 4+ digits (read digit by digit), then plain numbers. Each rule, like the original, replaces the
-first occurrence of the matched number string.
+The number normaliser reproduces what the original tokenizer's `zh_num2words.TextNorm()` (default options; ACE-Step
+`acestep/models/lyrics_utils/zh_num2words.py`) does for the cases it recognises, in the same order: dates, money,
+phone numbers, fractions, percentages, numbers with a measure word, runs of 4+ digits (read digit by digit), then
+plain numbers. Each rule, like the original, replaces the first occurrence of the matched number string. Numerals
+are spelled here from the Chinese number system (num2words has no Chinese); the measure words, currency units and
+punctuation list are the original's data, kept with origin and licence in `data/zh_text_norm.json`.
 """
 from __future__ import annotations
 
 import re
 import string
 
+from .tables import load_table
+
 _DIGITS = "零一二三四五六七八九"
 _LIANG = "两"
 # (power of ten, character), "mid" numbering system: 万 = 10^4, 亿 = 10^8, 兆 = 10^12, then every 10^4.
 _UNITS = [(1, "十"), (2, "百"), (3, "千"), (4, "万")] + [(8 + 4 * i, c) for i, c in enumerate("亿兆京垓秭穰沟涧正载")]
 
-_CURRENCY_UNITS = r"((亿|千万|百万|万|千|百)|(亿|千万|百万|万|千|百|)元|(亿|千万|百万|万|千|百|)块|角|毛|分)"
-_QUANTIFIER_CHARS = (
-    "匹张座回场尾条个首阙阵网炮顶丘棵只支袭辆挑担颗壳窠曲墙群腔砣客贯扎捆刀令打手罗坡山岭江溪钟队单双对出口头脚板"
-    "跳枝件贴针线管名位身堂课本页家户层丝毫厘分钱两斤铢石钧锱忽寸尺丈里寻常铺程撮勺合升斗盘碗碟叠桶笼盆盒杯斛锅簋"
-    "篮罐瓶壶卮盏箩箱煲啖袋钵年月日季刻时周天秒旬纪岁世更夜春夏秋冬代伏辈丸泡粒幢堆根道面片块"
-)
-_QUANTIFIERS = "(?:[" + _QUANTIFIER_CHARS + "]|[千毫微]克|[千分厘毫微]米)"
+_TABLES = load_table("zh_text_norm")
+_CURRENCY_UNITS = _TABLES["currency_units"]
+_QUANTIFIERS = _TABLES["quantifiers"]  # measure words: a number before one of them is read with units
 
 _DATE = re.compile(r"\D+((([089]\d|(19|20)\d{2})年)?(\d{1,2}月(\d{1,2}[日号])?)?)")
 # The original's money pattern starts with "\D+", which is quadratic on long digit-free text; a look-behind plus
@@ -37,12 +37,7 @@ _DIGIT_RUN = re.compile(r"(\d{4,32})")
 _NUMBER = re.compile(r"(\d+(\.\d+)?)")
 _LATIN_2_LATIN = re.compile(r"(([a-zA-Z]+)二([a-zA-Z]+))")  # P2P, B2B: the "2" stays a digit
 
-# Chinese and ASCII punctuation (the Zhon project's lists), all mapped to ",".
-_CN_PUNCTUATION = (
-    "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃《》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿"
-    "–—‘’‛“”„‟…‧﹏·〈〉-"
-)
-_PUNCTUATION = _CN_PUNCTUATION + string.punctuation
+_PUNCTUATION = _TABLES["punctuation"] + string.punctuation  # all mapped to ","
 _TO_COMMA = str.maketrans(_PUNCTUATION, "," * len(_PUNCTUATION))
 
 
