@@ -17,7 +17,7 @@ from ace_step.models.v15.condition_encoder import pack_sequences, unpack_referen
 from ace_step.models.v15.dit import DiTConfig
 from ace_step.models.v15.layers import rope_tables
 from ace_step.models.v15.model import PAD_AUDIO_CODE, AceStep15, AceStep15Config
-from fixtures.v15_configs import golden_dit_config
+from fixtures.v15_configs import dit_decoder_layout, golden_dit_config, real_dit_layouts
 from fixtures.v15_recording import counting_attention, plain_weighted_modules, recording_operations
 from measure import report
 from reference import DATA_DIR
@@ -240,30 +240,6 @@ def test_condition_options(golden):
         model.encode_condition(*args[:2], inputs["refer_audio"][..., :30], x.shape[-1])
 
 
-def decoder_layout(hidden, layers, heads, intermediate, condition, kv_heads=8, head_dim=128, latent=64):
-    """The `decoder.*` key -> shape layout of a DiT with these sizes, written out per key."""
-    h, q, kv = hidden, heads * head_dim, kv_heads * head_dim
-    out = {"decoder.scale_shift_table": [1, 2, h], "decoder.proj_in.1.weight": [h, 3 * latent, 2],
-           "decoder.proj_in.1.bias": [h], "decoder.condition_embedder.weight": [h, condition],
-           "decoder.condition_embedder.bias": [h], "decoder.norm_out.weight": [h],
-           "decoder.proj_out.1.weight": [h, latent, 2], "decoder.proj_out.1.bias": [latent]}
-    for emb in ("time_embed", "time_embed_r"):
-        out.update({f"decoder.{emb}.linear_1.weight": [h, 256], f"decoder.{emb}.linear_1.bias": [h],
-                    f"decoder.{emb}.linear_2.weight": [h, h], f"decoder.{emb}.linear_2.bias": [h],
-                    f"decoder.{emb}.time_proj.weight": [6 * h, h], f"decoder.{emb}.time_proj.bias": [6 * h]})
-    for i in range(layers):
-        p = f"decoder.layers.{i}."
-        out.update({p + "scale_shift_table": [1, 6, h], p + "self_attn_norm.weight": [h],
-                    p + "cross_attn_norm.weight": [h], p + "mlp_norm.weight": [h],
-                    p + "mlp.gate_proj.weight": [intermediate, h], p + "mlp.up_proj.weight": [intermediate, h],
-                    p + "mlp.down_proj.weight": [h, intermediate]})
-        for attn in ("self_attn", "cross_attn"):
-            out.update({f"{p}{attn}.q_proj.weight": [q, h], f"{p}{attn}.k_proj.weight": [kv, h],
-                        f"{p}{attn}.v_proj.weight": [kv, h], f"{p}{attn}.o_proj.weight": [h, q],
-                        f"{p}{attn}.q_norm.weight": [head_dim], f"{p}{attn}.k_norm.weight": [head_dim]})
-    return out
-
-
 def meta_shapes(config: AceStep15Config) -> dict:
     with torch.device("meta"):
         model = AceStep15(config)
@@ -274,12 +250,11 @@ def test_full_size_layouts_match_the_real_files():
     """2B: the real key/shape list (full_size_state_dict_shapes.json). XL: that list with the decoder rewritten to
     2560 wide, 32 layers, 32/8 heads, SwiGLU 9728 and a 2048 -> 2560 condition_embedder (everything else, the
     2048-wide encoder/tokenizer/detokenizer and null_condition_emb, unchanged). Both read back by from_shapes."""
-    real = json.loads((GOLDEN / "full_size_state_dict_shapes.json").read_text())
-    two_b = real["keys"]
-    assert {k: v for k, v in two_b.items() if k.startswith("decoder.")} == decoder_layout(2048, 24, 16, 6144, 2048)
-    xl = {k: v for k, v in two_b.items() if not k.startswith("decoder.")}
-    xl.update(decoder_layout(2560, 32, 32, 9728, 2048))
-    for variant, expected in (("2B", two_b), ("XL", xl)):
+    layouts, real_parameters = real_dit_layouts()
+    two_b = layouts["2B"]
+    assert {k: v for k, v in two_b.items() if k.startswith("decoder.")} == \
+        dit_decoder_layout(2048, 24, 16, 6144, 2048)
+    for variant, expected in layouts.items():
         config = AceStep15Config.full_size(variant)
         ours = meta_shapes(config)
         assert sorted(set(expected) - set(ours)) == [], f"{variant}: missing"
@@ -289,7 +264,7 @@ def test_full_size_layouts_match_the_real_files():
         count = sum(torch.Size(v).numel() for v in ours.values())
         report(f"v15_dit_{variant}_parameters", count)
         if variant == "2B":
-            assert count == real["num_parameters"] == 2_393_872_518
+            assert count == real_parameters == 2_393_872_518
     assert AceStep15Config.full_size("XL").encoder.timbre_special_token
     with pytest.raises(ValueError, match="unknown ACE-Step 1.5 DiT variant"):
         AceStep15Config.full_size("3B")
