@@ -296,3 +296,18 @@ def test_layers_come_from_operations_and_attention_from_the_injected_function(go
     assert torch.equal(out, reference(*args, is_covers=True))
     assert len(calls) == stacks + 2 * c.decoder.num_layers and all(call is options for call in calls)
 
+
+@torch.no_grad()
+def test_encoder_sliding_window_as_the_original(golden):
+    """encoder_sliding_window=w windows even encoder layers (the original's layer_types): a window covering the
+    whole lyric changes nothing, a narrow one changes the lyric states; only even layers take the band."""
+    model, inputs, _ = golden
+    lyrics = inputs["lyric_hidden_states"]  # 20 tokens
+    full = model.encoder.lyric_encoder(lyrics)
+    for window, same in ((19, True), (3, False)):
+        config = AceStep15Config.from_shapes({k: v.shape for k, v in model.state_dict().items()}, sliding_window=4,
+                                             encoder_sliding_window=window)
+        windowed = AceStep15(config).eval()
+        windowed.load_state_dict(model.state_dict())
+        assert torch.equal(windowed.encoder.lyric_encoder(lyrics), full) == same
+    assert [config.encoder.lyric.window(i) for i in range(2)] == [3, None]

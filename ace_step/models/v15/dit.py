@@ -172,6 +172,8 @@ class DiTDecoder(nn.Module):
         latents, chunk mask), cross_kv from `memory_kv`, cross_keep [B, L] (True = real memory token) or None,
         timestep_r [B] (default t: the t - r embedding then sees 0, as in ComfyUI). Returns the velocity [B, T, C]."""
         c = self.config
+        if len(cross_kv) != c.num_layers:
+            raise ValueError(f"cross_kv has {len(cross_kv)} layers, the DiT {c.num_layers}: build it with memory_kv")
         batch, length = x.shape[:2]
         timestep = timestep.reshape(-1).expand(batch) if timestep.numel() == 1 else timestep
         timestep_r = timestep if timestep_r is None else timestep_r
