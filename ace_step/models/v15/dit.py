@@ -185,7 +185,7 @@ class DiTDecoder(nn.Module):
         rope = rope_tables(torch.arange(tokens, device=h.device), c.head_dim, c.rope_base, h.dtype)
         self_masks = self.self_attention_masks(tokens, h.dtype, h.device)
         cross_mask = attention_bias(None, cross_keep, h.dtype)
-        for layer, self_mask, kv in zip(self.layers, self_masks, cross_kv):
+        for layer, self_mask, kv in zip(self.layers, self_masks, cross_kv, strict=True):
             h = layer(h, modulation, rope, self_mask, kv, cross_mask, transformer_options)
         shift, scale = (cast_to(self.scale_shift_table, temb.dtype, temb.device) + temb[:, None]).chunk(2, dim=1)
         h = self.norm_out(h) * (1 + scale) + shift

@@ -3,8 +3,8 @@ with per-head q/k RMSNorm, the SwiGLU MLP, the pre-norm transformer layer, and t
 
 One implementation serves the DiT's condition encoders, the audio-code pooler and detokenizer, the Qwen3 text encoder
 and the Qwen3 5 Hz language model. Module attribute names are the checkpoint's (`q_proj`, `k_norm`, `gate_proj`,
-`input_layernorm`, ...), as in transformers' `models/qwen3/modeling_qwen3.py` and ComfyUI's
-`comfy/ldm/ace/ace_step15.py` (comfyanonymous/ComfyUI @ e9d082a228febb6f79d1ee899d32a299da9b10ca).
+`input_layernorm`, ...), as in huggingface/transformers `src/transformers/models/qwen3/modeling_qwen3.py` (4.57)
+and comfyanonymous/ComfyUI `comfy/ldm/ace/ace_step15.py` @ e9d082a228febb6f79d1ee899d32a299da9b10ca.
 """
 from __future__ import annotations
 

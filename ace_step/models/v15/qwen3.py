@@ -206,7 +206,8 @@ class Qwen3CausalLM(nn.Module):
                 logits_at: Union[None, int, torch.Tensor] = None,
                 transformer_options: Optional[dict] = None) -> torch.Tensor:
         """Logits [B, k, vocab] at the sequence indices `logits_at` (an int, e.g. -1 for the last token, or a
-        LongTensor [k]); every position when None. Other arguments as `Qwen3Model.forward`."""
+        LongTensor [k], which a CUDA-graph capture needs); every position when None. Other arguments as
+        `Qwen3Model.forward`."""
         hidden = self.model(input_ids, inputs_embeds, positions, key_padding, cache, cache_slots,
                             transformer_options)
         if logits_at is not None:
