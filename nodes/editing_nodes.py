@@ -10,9 +10,9 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
-from ..ace_step import editing, schedules
-from . import original_sampling as orig
-from .comfy_models import (
+from ..ace_step.sampling import editing, schedules
+from ..comfy_bridge import original_sampling as orig
+from ..comfy_bridge.models import (
     LATENT_CHANNELS,
     LATENT_HEIGHT,
     LATENT_SAMPLES_PER_FRAME,

@@ -1,7 +1,7 @@
 """Guidance nodes that act on a MODEL."""
 from comfy_api.latest import io
 
-from ..ace_step.guidance import reinhard_tonemap
+from ..ace_step.sampling.guidance import reinhard_tonemap
 from .common import CATEGORY, display_name, finite, node_id
 
 

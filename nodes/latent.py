@@ -5,10 +5,10 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
-from .audio_input import audio_parts
-from .comfy_models import LATENT_CHANNELS, LATENT_HEIGHT, LATENT_SAMPLES_PER_FRAME, SAMPLE_RATE
+from ..comfy_bridge.audio_input import audio_parts
+from ..comfy_bridge.models import LATENT_CHANNELS, LATENT_HEIGHT, LATENT_SAMPLES_PER_FRAME, SAMPLE_RATE
 from .common import CATEGORY, display_name, node_id
-from .memory import require_memory
+from ..comfy_bridge.memory import require_memory
 
 MAX_SECONDS = 1000.0
 TRAINED_MAX_SECONDS = 240.0

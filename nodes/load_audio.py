@@ -9,10 +9,10 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from .audio_files import decode_audio_file
+from ..comfy_bridge.audio_files import decode_audio_file
 from .common import CATEGORY, display_name, node_id
-from .memory import require_memory
-from .paths import input_file
+from ..comfy_bridge.memory import require_memory
+from ..comfy_bridge.paths import input_file
 
 
 def input_audio_files() -> list[str]:

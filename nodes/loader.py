@@ -7,11 +7,11 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..ace_step.checkpoint import load_ace_step
+from ..ace_step.loading.v1_checkpoint import load_ace_step
 from ..ace_step.text.lyrics import LyricTokenizer
-from .comfy_models import AceStepClip, AceStepVae, model_patcher
+from ..comfy_bridge.models import AceStepClip, AceStepVae, model_patcher
 from .common import CATEGORY, display_name, node_id
-from .paths import model_file, model_folder, plain_relative_name
+from ..comfy_bridge.paths import model_file, model_folder, plain_relative_name
 
 ORIGINAL_LAYOUT_MARKER = "ace_step_transformer"
 FOLDER_SUFFIX = "/"

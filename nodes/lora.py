@@ -14,9 +14,9 @@ import folder_paths
 from comfy.weight_adapter import LoRAAdapter
 from comfy_api.latest import io
 
-from ..ace_step.lora import Lora, LoraScaling, parse_lora, read_lora_file
+from ..ace_step.loading.lora import Lora, LoraScaling, parse_lora, read_lora_file
 from .common import CATEGORY, choice, display_name, node_id
-from .paths import model_file
+from ..comfy_bridge.paths import model_file
 
 log = logging.getLogger(__name__)
 

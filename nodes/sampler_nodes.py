@@ -4,9 +4,9 @@ import logging
 
 from comfy_api.latest import io
 
-from ..ace_step.guidance import CFG_TYPES, double_guidance_active
-from ..ace_step.schedules import SCHEDULERS
-from . import original_sampling as orig
+from ..ace_step.sampling.guidance import CFG_TYPES, double_guidance_active
+from ..ace_step.sampling.schedules import SCHEDULERS
+from ..comfy_bridge import original_sampling as orig
 from .common import CATEGORY, display_name, node_id
 from .latent import MAX_SECONDS, frames_for_seconds
 

@@ -5,11 +5,11 @@ import torch
 from comfy.cli_args import args
 from comfy_api.latest import io, ui
 
-from .audio_files import FORMATS, QUALITIES, encode_audio, save_unique
-from .audio_input import audio_parts, float_waveform, to_stereo
+from ..comfy_bridge.audio_files import FORMATS, QUALITIES, encode_audio, save_unique
+from ..comfy_bridge.audio_input import audio_parts, float_waveform, to_stereo
 from .common import CATEGORY, choice, display_name, node_id
-from .memory import require_memory
-from .paths import save_folder
+from ..comfy_bridge.memory import require_memory
+from ..comfy_bridge.paths import save_folder
 
 AUDIO_PLAYER = io.Custom("AUDIO_UI")
 

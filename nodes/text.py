@@ -2,9 +2,9 @@
 import node_helpers
 from comfy_api.latest import io
 
-from .comfy_models import AceStepClip
+from ..comfy_bridge.models import AceStepClip
 from .common import CATEGORY, display_name, finite, node_id
-from .original_sampling import ERG_TEXT_KEY, erg_tag_hidden
+from ..comfy_bridge.original_sampling import ERG_TEXT_KEY, erg_tag_hidden
 
 
 class TextEncode(io.ComfyNode):

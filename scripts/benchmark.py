@@ -117,10 +117,10 @@ def ensure_checkpoint(folder: Path, width: int, layers: int, dtype: str) -> str:
     from comfy_inprocess import native_hook_constant
 
     marker = native_hook_constant("MARKER")
-    from ace_step.music_vae import MusicVAEConfig
-    from ace_step.tiny_checkpoint import write_tiny_checkpoint
-    from ace_step.transformer import TransformerConfig
-    from ace_step.umt5 import UMT5Config
+    from ace_step.models.v1.music_vae import MusicVAEConfig
+    from fixtures.tiny_checkpoint import write_tiny_checkpoint
+    from ace_step.models.v1.transformer import TransformerConfig
+    from ace_step.models.v1.umt5 import UMT5Config
 
     name = f"ace_step_benchmark_dit{width}x{layers}_{dtype}.safetensors"
     path = folder / name
@@ -193,7 +193,7 @@ def interval_apg_guider(model, steps: int):
     GuidanceSchedule selects (cond and uncond batched by ComfyUI), the conditional pass alone elsewhere."""
     import comfy.samplers
 
-    from ace_step.guidance import GuidanceSchedule, MomentumBuffer, apg
+    from ace_step.sampling.guidance import GuidanceSchedule, MomentumBuffer, apg
 
     class IntervalAPGGuider(comfy.samplers.CFGGuider):
         def __init__(self):

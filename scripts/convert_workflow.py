@@ -6,25 +6,12 @@ and prints what changed. Needs no ComfyUI.
 Exits 1 and writes nothing when there is nothing to convert.
 """
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_converter():
-    # By path: importing the `nodes` package would import ComfyUI, which the converter itself does not need.
-    name = "acestudio_workflow_convert"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "nodes" / "workflow_convert.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up here
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-workflow_convert = _load_converter()
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under `python -I`
+import workflow_converter  # noqa: E402 (beside this script; needs no ComfyUI)
 
 
 def main() -> int:
@@ -33,7 +20,7 @@ def main() -> int:
     parser.add_argument("output", type=Path, nargs="?")
     opts = parser.parse_args()
     try:
-        result = workflow_convert.convert_workflow(json.loads(opts.input.read_text(encoding="utf-8")))
+        result = workflow_converter.convert_workflow(json.loads(opts.input.read_text(encoding="utf-8")))
     except (OSError, ValueError) as e:
         print(f"{opts.input}: {e}", file=sys.stderr)
         return 2

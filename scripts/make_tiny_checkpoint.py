@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the pack root, for `ace_step`
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # `ace_step`, and the test fixtures that write the checkpoint
 
-from ace_step.tiny_checkpoint import DTYPES, TINY_FILE_NAME, write_tiny_checkpoint  # noqa: E402
+from fixtures.tiny_checkpoint import DTYPES, TINY_FILE_NAME, write_tiny_checkpoint  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -92,7 +92,7 @@ done
 
 # 6. the tiny demo checkpoint (random weights: noise, not music) for the demo when no real checkpoint is present
 tiny="$COMFYUI_PATH/models/checkpoints/ace_step_v1_tiny_demo.safetensors"
-if [ ! -f "$tiny" ] || [ "$ROOT/ace_step/tiny_checkpoint.py" -nt "$tiny" ]; then
+if [ ! -f "$tiny" ] || [ "$ROOT/tests/fixtures/tiny_checkpoint.py" -nt "$tiny" ]; then
   "$PY" "$ROOT/scripts/make_tiny_checkpoint.py" --out "$tiny" >/dev/null
   log "wrote the tiny demo checkpoint $tiny"
 fi

@@ -40,8 +40,8 @@ HOSTILE_NODES = "ace_step_hostile_test_nodes"
 def tiny_checkpoint(comfy_server) -> str:
     """The tiny demo checkpoint (real key layout, random weights) in the test server's models/checkpoints/, and a
     LoRA for it (PEFT keys, no alpha: RapMachine's format) in models/loras/ as workflow_prompts.TINY_LORA."""
-    from ace_step.lora import write_test_lora
-    from ace_step.tiny_checkpoint import tiny_configs, write_tiny_checkpoint
+    from fixtures.lora import write_test_lora
+    from fixtures.tiny_checkpoint import tiny_configs, write_tiny_checkpoint
     from workflow_prompts import TINY_LORA
 
     path = OUTPUT_DIR / "comfy-base" / "models" / "checkpoints" / TINY_CHECKPOINT

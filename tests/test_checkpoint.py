@@ -15,8 +15,8 @@ import torch
 
 from measure import report
 
-from ace_step import checkpoint as ckpt
-from ace_step.checkpoint import (
+from ace_step.loading import v1_checkpoint as ckpt
+from ace_step.loading.v1_checkpoint import (
     ALL_IN_ONE_NAME,
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -33,11 +33,11 @@ from ace_step.checkpoint import (
     load_transformer,
     load_vae,
 )
-from ace_step.music_vae import MusicVAEConfig
-from ace_step.safetensors_file import SafetensorsFile, save_safetensors
-from ace_step.tiny_checkpoint import tiny_state_dicts, write_tiny_checkpoint
-from ace_step.transformer import TransformerConfig
-from ace_step.umt5 import UMT5Config
+from ace_step.models.v1.music_vae import MusicVAEConfig
+from ace_step.loading.safetensors_file import SafetensorsFile, save_safetensors
+from fixtures.tiny_checkpoint import tiny_state_dicts, write_tiny_checkpoint
+from ace_step.models.v1.transformer import TransformerConfig
+from ace_step.models.v1.umt5 import UMT5Config
 from reference import DATA_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -484,7 +484,7 @@ def test_unexpected_and_foreign_keys(tmp_path):
 def _write_sparse_full_size(path: Path, dtype_name="BF16"):
     """A real-layout, full-size all-in-one file whose data is a hole (all zeros): instant to write, no disk used.
     Only the tokenizer bytes (the tiny spm's) are real."""
-    from ace_step.spm_training import train_tiny_spm
+    from fixtures.spm_training import train_tiny_spm
 
     shapes = file_layout_shapes(FULL)[ALL_IN_ONE_NAME]
     spm = train_tiny_spm()
@@ -536,7 +536,7 @@ def test_full_size_load_bf16_time_and_memory(tmp_path):
     script = textwrap.dedent("""
         import json, resource, sys, time, torch
         start = time.perf_counter()
-        from ace_step.checkpoint import load_ace_step
+        from ace_step.loading.v1_checkpoint import load_ace_step
         m = load_ace_step(sys.argv[1], dtype=torch.bfloat16)
         seconds = time.perf_counter() - start
         nets = (m.transformer, m.vae, m.text_encoder)

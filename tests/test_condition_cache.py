@@ -4,8 +4,8 @@ encoding at every step."""
 import pytest
 import torch
 
-from ace_step.condition_cache import ConditionCache
-from ace_step.transformer import ACEStepTransformer, TransformerConfig
+from ace_step.sampling.condition_cache import ConditionCache
+from ace_step.models.v1.transformer import ACEStepTransformer, TransformerConfig
 from measure import max_rel_error, report
 
 CACHE_TOL = 1e-6  # observed: bit-identical on CPU; a row computed in a different batch may differ in the last bits
@@ -76,7 +76,7 @@ def test_cached_decode_equals_forward_and_encodes_each_row_once():
 def comfy_models():
     from pack_inprocess import import_pack
 
-    return import_pack().nodes.comfy_models
+    return import_pack().comfy_bridge.models
 
 
 def uncached(patcher):

@@ -21,7 +21,7 @@ FRAMES = 40  # 3.7 s
 
 @pytest.fixture(scope="module")
 def edit(tiny):  # noqa: F811
-    return pack_module("editing_nodes")
+    return pack_module("nodes.editing_nodes")
 
 
 def source_latent(batch=1, frames=FRAMES):
@@ -107,7 +107,7 @@ def lyric_edit(t, e, source, target, **kw):
 
 def test_lyric_edit(tiny, edit):  # noqa: F811
     source = source_latent()
-    target = pack_module("text").TextEncode.execute(tiny.clip, "dark techno, male vocals", LYRICS + "\nagain", 1.0) \
+    target = pack_module("nodes.text").TextEncode.execute(tiny.clip, "dark techno, male vocals", LYRICS + "\nagain", 1.0) \
         .result[0]
     # n_min = n_max = 1: no step edits anything, the source comes back
     assert torch.equal(lyric_edit(tiny, edit, source, target, n_min=1.0, n_max=1.0), source["samples"])
@@ -130,7 +130,7 @@ def a2a(t, e, reference, strength, **kw):
 
 
 def test_audio2audio_strength_edges_and_start(tiny, edit, decode_calls):  # noqa: F811
-    from ace_step import schedules
+    from ace_step.sampling import schedules
 
     reference = source_latent(frames=int(3.0 * 44100 / 4096))
     plain, _ = run_node(tiny, seeds="7")

@@ -29,7 +29,7 @@ from comfy_harness import ComfyError, run_prompt
 from measure import OUTPUT_DIR, report
 from workflow_prompts import ROOT, TINY_LORA, prepare
 
-from ace_step.safetensors_file import SafetensorsFile, save_safetensors
+from ace_step.loading.safetensors_file import SafetensorsFile, save_safetensors
 
 BASE = OUTPUT_DIR / "comfy-base"
 CHECKPOINTS, LORAS, INPUT = BASE / "models" / "checkpoints", BASE / "models" / "loras", BASE / "input"

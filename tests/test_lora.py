@@ -8,21 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ace_step.lora import (
-    DEFAULT_TARGETS,
-    LoraFile,
-    LoraScaling,
-    load_lora,
-    make_test_lora,
-    merge_lora,
-    parse_lora,
-    read_lora_file,
-    target_modules,
-    unmerge_lora,
-    unmerged_lora,
-    write_test_lora,
-)
-from ace_step.safetensors_file import (
+from ace_step.loading.lora import DEFAULT_TARGETS, LoraFile, LoraScaling, load_lora, parse_lora, read_lora_file
+from ace_step.loading.safetensors_file import (
     CheckpointError,
     CheckpointMismatchError,
     CorruptCheckpointError,
@@ -31,8 +18,9 @@ from ace_step.safetensors_file import (
     WrongModelError,
     save_safetensors,
 )
-from ace_step.transformer import ACEStepTransformer, TransformerConfig
+from ace_step.models.v1.transformer import ACEStepTransformer, TransformerConfig
 from comfy_harness import run_prompt
+from fixtures.lora import make_test_lora, merge_lora, target_modules, unmerge_lora, unmerged_lora, write_test_lora
 from measure import OUTPUT_DIR, max_rel_error, report
 from pack_inprocess import import_pack
 from workflow_prompts import ROOT, TINY_LORA, prepare
@@ -228,7 +216,7 @@ def test_pickle_lora_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def comfy():
     pack = import_pack()
-    return pack.nodes.comfy_models, pack.nodes.lora
+    return pack.comfy_bridge.models, pack.nodes.lora
 
 
 def _patched(comfy, base_state, stack):

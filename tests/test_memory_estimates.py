@@ -15,8 +15,8 @@ import torch
 from measure import report
 from pack_inprocess import PACKAGE, import_pack
 
-from ace_step.transformer import ACEStepTransformer, TransformerConfig
-from ace_step.umt5 import UMT5Config, UMT5Encoder
+from ace_step.models.v1.transformer import ACEStepTransformer, TransformerConfig
+from ace_step.models.v1.umt5 import UMT5Config, UMT5Encoder
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -103,11 +103,11 @@ def little_memory(monkeypatch):
     monkeypatch.setattr(mm, "get_free_memory", lambda dev=None, torch_free_too=False: 256 * 2**20)
     import importlib
 
-    return lambda module: importlib.import_module(f"{PACKAGE}.nodes.{module}")
+    return lambda module: importlib.import_module(f"{PACKAGE}.{module}")
 
 
 def test_empty_latent_refused_before_allocating(little_memory):
-    latent, memory = little_memory("latent"), little_memory("memory")
+    latent, memory = little_memory("nodes.latent"), little_memory("comfy_bridge.memory")
     with pytest.raises(memory.NotEnoughMemoryError) as e:
         latent.EmptyLatentAudio.execute(seconds=1000.0, batch_size=64)
     message = str(e.value)
@@ -117,7 +117,7 @@ def test_empty_latent_refused_before_allocating(little_memory):
 
 
 def test_sampling_refused_before_allocating(little_memory, tiny):
-    comfy_models, memory = little_memory("comfy_models"), little_memory("memory")
+    comfy_models, memory = little_memory("comfy_bridge.models"), little_memory("comfy_bridge.memory")
     model = ACEStepTransformer(TransformerConfig.tiny())
     model.__class__ = comfy_models.ComfyCallableTransformer
     x = torch.zeros(1, 1, 1, 1).expand(64, 8, 16, 10766)  # a whole batch of 1000 s songs, as a free view

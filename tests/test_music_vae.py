@@ -10,10 +10,11 @@ import json
 import pytest
 import torch
 
-from ace_step import audio_dsp, dcae, music_vae, vocoder
-from ace_step.dcae import DCAE, DCAEConfig
-from ace_step.music_vae import MusicVAE, MusicVAEConfig
-from ace_step.vocoder import Vocoder, VocoderConfig
+from ace_step.audio import dsp as audio_dsp
+from ace_step.models.v1 import dcae, music_vae, vocoder
+from ace_step.models.v1.dcae import DCAE, DCAEConfig
+from ace_step.models.v1.music_vae import MusicVAE, MusicVAEConfig
+from ace_step.models.v1.vocoder import Vocoder, VocoderConfig
 from comfy_inprocess import import_comfy
 from measure import max_rel_error, report
 from reference import DATA_DIR
@@ -314,7 +315,7 @@ def test_time_tiled_networks_match_comfy(comfy):
 
 
 def test_map_time_tiles_equals_the_whole_signal():
-    from ace_step.time_tiles import map_time_tiles
+    from ace_step.models.time_tiles import map_time_tiles
 
     gen = torch.Generator().manual_seed(4)
     w1, w2 = torch.randn(3, 3, 5, generator=gen), torch.randn(2, 3, 3, generator=gen)

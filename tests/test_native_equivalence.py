@@ -25,11 +25,11 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from ace_step.music_vae import MusicVAEConfig
-from ace_step.safetensors_file import read_header
-from ace_step.tiny_checkpoint import write_tiny_checkpoint
-from ace_step.transformer import TransformerConfig
-from ace_step.umt5 import UMT5Config
+from ace_step.models.v1.music_vae import MusicVAEConfig
+from ace_step.loading.safetensors_file import read_header
+from fixtures.tiny_checkpoint import write_tiny_checkpoint
+from ace_step.models.v1.transformer import TransformerConfig
+from ace_step.models.v1.umt5 import UMT5Config
 from comfy_harness import run_prompt
 from comfy_inprocess import NATIVE_HOOK_SOURCE, native_hook_constant
 from conftest import NATIVE_HOOK

@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from ace_step import erg, flow_steps, schedules
-from ace_step.guidance import GuidanceSchedule, Guider
-from ace_step.umt5 import encode_token_weights, erg_tag_q_scale
+from ace_step.sampling import erg, flow_steps, schedules
+from ace_step.sampling.guidance import GuidanceSchedule, Guider
+from ace_step.models.v1.umt5 import encode_token_weights, erg_tag_q_scale
 from comfy_harness import run_prompt
 from comfy_inprocess import comfyui_path
 from measure import OUTPUT_DIR, report
@@ -34,25 +34,25 @@ NODE_DEFAULTS = dict(seeds="7", duration=SECONDS, steps=6, scheduler="euler", cf
 
 def pack_module(name: str):
     import_pack()
-    return sys.modules[f"{PACKAGE}.nodes.{name}"]
+    return sys.modules[f"{PACKAGE}.{name}"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from ace_step.checkpoint import load_ace_step
+    from ace_step.loading.v1_checkpoint import load_ace_step
     from ace_step.text.lyrics import LyricTokenizer
-    from ace_step.tiny_checkpoint import write_tiny_checkpoint
+    from fixtures.tiny_checkpoint import write_tiny_checkpoint
 
-    comfy_models = pack_module("comfy_models")
+    comfy_models = pack_module("comfy_bridge.models")
     models = load_ace_step(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors"),
                            dtype=torch.float32)
     model = comfy_models.model_patcher(models.transformer)
     clip = comfy_models.AceStepClip(models.text_encoder, models.tokenizer,
                                     LyricTokenizer(comfyui_root=comfyui_path()))
-    positive = pack_module("text").TextEncode.execute(clip, TAGS, LYRICS, 1.0).result[0]
+    positive = pack_module("nodes.text").TextEncode.execute(clip, TAGS, LYRICS, 1.0).result[0]
     return SimpleNamespace(model=model, clip=clip, positive=positive, tokens=clip.tokenize(TAGS, lyrics=LYRICS),
-                           dm=model.model.diffusion_model, nodes=pack_module("sampler_nodes"),
-                           orig=pack_module("original_sampling"))
+                           dm=model.model.diffusion_model, nodes=pack_module("nodes.sampler_nodes"),
+                           orig=pack_module("comfy_bridge.original_sampling"))
 
 
 def run_node(t, model=None, latent=None, **settings):
@@ -326,7 +326,7 @@ def test_weight_patches_on_the_model_apply(tiny):
     baked = copy.deepcopy(tiny.dm)
     with torch.no_grad():
         baked.get_parameter(key.split(".", 1)[1]).add_(delta)
-    expected, _ = run_node(tiny, model=pack_module("comfy_models").model_patcher(baked), steps=3)
+    expected, _ = run_node(tiny, model=pack_module("comfy_bridge.models").model_patcher(baked), steps=3)
     assert torch.equal(lora, expected) and torch.equal(plain, again)
     assert (lora - plain).abs().max() > 1e-3
 

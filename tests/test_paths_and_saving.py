@@ -51,13 +51,13 @@ def comfy_dirs(tmp_path, monkeypatch):
 def _pack(module: str):
     import importlib
 
-    return importlib.import_module(f"{PACKAGE}.nodes.{module}")
+    return importlib.import_module(f"{PACKAGE}.{module}")
 
 
 # ------------------------------------------------------------------------------------------------ reading models
 @pytest.mark.parametrize("name", HOSTILE_NAMES, ids=[repr(n) for n in HOSTILE_NAMES])
 def test_hostile_model_names_are_refused(comfy_dirs, name):
-    paths, loader = _pack("paths"), _pack("loader")
+    paths, loader = _pack("comfy_bridge.paths"), _pack("nodes.loader")
     for resolve in (loader.resolve_checkpoint, lambda n: paths.model_file("loras", n),
                     lambda n: paths.model_folder("checkpoints", n, "ace_step_transformer")):
         with pytest.raises(paths.UnsafePathError) as e:
@@ -67,7 +67,7 @@ def test_hostile_model_names_are_refused(comfy_dirs, name):
 
 def test_model_links_are_followed_only_inside_comfyui(comfy_dirs):
     root, outside = comfy_dirs
-    paths, loader = _pack("paths"), _pack("loader")
+    paths, loader = _pack("comfy_bridge.paths"), _pack("nodes.loader")
     checkpoints, loras = root / "models" / "checkpoints", root / "models" / "loras"
     (checkpoints / "real.safetensors").write_bytes(b"a")
     assert loader.resolve_checkpoint("real.safetensors") == (checkpoints / "real.safetensors").resolve()
@@ -95,7 +95,7 @@ def test_model_links_are_followed_only_inside_comfyui(comfy_dirs):
 
 def test_original_layout_folder_links(comfy_dirs):
     root, outside = comfy_dirs
-    paths, loader = _pack("paths"), _pack("loader")
+    paths, loader = _pack("comfy_bridge.paths"), _pack("nodes.loader")
     checkpoints = root / "models" / "checkpoints"
     good = checkpoints / "ace" / "ace_step_transformer"
     good.mkdir(parents=True)
@@ -120,7 +120,7 @@ def test_original_layout_folder_links(comfy_dirs):
 ])
 def test_hostile_filename_prefixes_are_refused(comfy_dirs, prefix, says):
     root, outside = comfy_dirs
-    paths = _pack("paths")
+    paths = _pack("comfy_bridge.paths")
     (root / "output" / "linked_out").symlink_to(outside, target_is_directory=True)
     before = sorted(p.name for p in outside.iterdir())
     with pytest.raises(paths.UnsafePathError, match=says.replace("(", r"\(")):
@@ -130,7 +130,7 @@ def test_hostile_filename_prefixes_are_refused(comfy_dirs, prefix, says):
 
 def test_filename_prefixes_inside_the_output_folder(comfy_dirs):
     root, _ = comfy_dirs
-    paths = _pack("paths")
+    paths = _pack("comfy_bridge.paths")
     output = (root / "output").resolve()
     (root / "output" / "albums").mkdir()
     (root / "output" / "latest").symlink_to(root / "output" / "albums", target_is_directory=True)
@@ -142,7 +142,7 @@ def test_filename_prefixes_inside_the_output_folder(comfy_dirs):
 
 
 def test_save_unique_never_replaces_and_leaves_no_partial_file(tmp_path):
-    save_unique = _pack("audio_files").save_unique
+    save_unique = _pack("comfy_bridge.audio_files").save_unique
     (tmp_path / "song_00001_.flac").write_bytes(b"first")
     (tmp_path / "song_00002_.flac").symlink_to(tmp_path / "nowhere" / "x")  # a dangling link is a taken name too
     assert save_unique(b"second", str(tmp_path), "song", 1, "flac") == "song_00003_.flac"
@@ -154,7 +154,7 @@ def test_save_unique_never_replaces_and_leaves_no_partial_file(tmp_path):
 
 def test_concurrent_saves_get_unique_names(tmp_path):
     """Several writers (another ComfyUI on the same output folder, say) never share or clobber a name."""
-    save_unique = _pack("audio_files").save_unique
+    save_unique = _pack("comfy_bridge.audio_files").save_unique
     names, lock = {}, threading.Lock()
 
     def writer(i):
@@ -177,7 +177,7 @@ def test_concurrent_saves_get_unique_names(tmp_path):
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO])
 def test_full_disk_gives_a_clear_error_and_touches_nothing(tmp_path, monkeypatch, code):
-    audio_files = _pack("audio_files")
+    audio_files = _pack("comfy_bridge.audio_files")
     (tmp_path / "song_00001_.flac").write_bytes(b"earlier song")
 
     real_fdopen = os.fdopen

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ace_step import editing, erg, flow_steps, schedules
-from ace_step.guidance import (GuidanceSchedule, Guider, MomentumBuffer, apg, cfg, cfg_star, double_condition,
+from ace_step.sampling import editing, erg, flow_steps, schedules
+from ace_step.sampling.guidance import (GuidanceSchedule, Guider, MomentumBuffer, apg, cfg, cfg_star, double_condition,
                                double_guidance_active)
-from ace_step.lyric_encoder import LyricEncoderConfig
-from ace_step.transformer import ACEStepTransformer, TransformerConfig
-from ace_step.umt5 import UMT5Config, UMT5Encoder, erg_tag_q_scale
+from ace_step.models.v1.lyric_encoder import LyricEncoderConfig
+from ace_step.models.v1.transformer import ACEStepTransformer, TransformerConfig
+from ace_step.models.v1.umt5 import UMT5Config, UMT5Encoder, erg_tag_q_scale
 from measure import report
 from reference import REFERENCE_DIR
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ace_step import umt5
-from ace_step.spm_training import read_spm_model, spm_to_tokenizer_json, train_spm, tiny_corpus, train_tiny_spm
-from ace_step.text_tokenizer import UMT5Tokenizer, parse_prompt_weights
+from ace_step.models.v1 import umt5
+from fixtures.spm_training import read_spm_model, spm_to_tokenizer_json, train_spm, tiny_corpus, train_tiny_spm
+from ace_step.text.umt5_tokenizer import UMT5Tokenizer, parse_prompt_weights
 from comfy_inprocess import import_comfy
 from measure import max_rel_error, report
 from reference import DATA_DIR

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from ace_step.lyric_encoder import LyricEncoderConfig, relative_position_table, relative_to_absolute
-from ace_step.rope import apply_rope, rope_tables
-from ace_step.transformer import ACEStepTransformer, TransformerConfig, batch_conditions, unused_checkpoint_shapes
+from ace_step.models.v1.lyric_encoder import LyricEncoderConfig, relative_position_table, relative_to_absolute
+from ace_step.models.v1.rope import apply_rope, rope_tables
+from ace_step.models.v1.transformer import ACEStepTransformer, TransformerConfig, batch_conditions, unused_checkpoint_shapes
 from comfy_inprocess import import_comfy
 from measure import max_rel_error, report
 from reference import REFERENCE_DIR

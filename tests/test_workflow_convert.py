@@ -1,4 +1,4 @@
-"""The native-to-pack workflow converter (nodes/workflow_convert.py, scripts/convert_workflow.py): native ACE-Step
+"""The native-to-pack workflow converter (scripts/workflow_converter.py, scripts/convert_workflow.py): native ACE-Step
 graphs in UI and API format, subgraphs included, become the same graphs on the pack's nodes; the result matches the
 real server's node definitions and runs through it."""
 import copy
@@ -13,7 +13,7 @@ import pytest
 
 from build_workflows import Node, Workflow, to_api, to_ui
 from comfy_harness import run_prompt
-from convert_workflow import workflow_convert as wc
+import workflow_converter as wc
 from measure import OUTPUT_DIR
 from workflow_prompts import ROOT, expected_samples, prepare
 

@@ -1,5 +1,5 @@
-"""LoRA adapters for ACE-Step v1's transformer: read the common spellings, scale them as trained, merge them into a
-plain module or run them beside it.
+"""LoRA adapters for ACE-Step v1's transformer: read the common spellings and scale them as trained (ComfyUI
+applies them as weight patches; `tests/fixtures/lora.py` merges them into a plain module as the tests' reference).
 
 Accepted files (`.safetensors` only, through the safe reader):
 - PEFT / diffusers, as ACE-Step's trainer saves them: `transformer_blocks.N.attn.to_q.lora_A.weight` + `lora_B`,
@@ -29,7 +29,6 @@ step away: strength 2, or the override alpha 32 + rsLoRA, or the training config
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -39,20 +38,17 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import _listing, build_empty, describe_foreign
+from ..models.v1.transformer import TransformerConfig, unused_checkpoint_shapes
+from .v1_checkpoint import _listing, describe_foreign
 from .safetensors_file import (
     CheckpointMismatchError,
     CorruptCheckpointError,
     SafetensorsFile,
     UnsupportedCheckpointError,
     WrongModelError,
-    save_safetensors,
 )
-from .tiny_checkpoint import _key_generator
-from .transformer import TransformerConfig, unused_checkpoint_shapes
 
 log = logging.getLogger(__name__)
 
@@ -405,133 +401,3 @@ def _config_from(data: Mapping, source: str, where) -> _Config:
                    None if data.get("r") is None else number(data["r"], "r", int),
                    None if data.get("lora_alpha") is None else number(data["lora_alpha"], "lora_alpha", float),
                    rslora, patterns("rank_pattern", int), patterns("alpha_pattern", float))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Applying
-
-@torch.no_grad()
-def _add(module: nn.Module, lora: Lora, factor: float):
-    for name, w in lora.weights.items():
-        weight = module.get_parameter(name)
-        delta = (factor * w.scale) * w.product(weight.shape, weight.device)
-        if weight.dtype == torch.float32:
-            weight.add_(delta)
-        else:  # computed in float32, rounded once
-            weight.copy_((weight.float() + delta).to(weight.dtype))
-
-
-def merge_lora(module: nn.Module, lora: Lora, strength: float = 1.0) -> None:
-    """Adds strength · scale · up @ down to every target weight of `module` (our transformer), in place."""
-    if strength != 0:
-        _add(module, lora, strength)
-
-
-def unmerge_lora(module: nn.Module, lora: Lora, strength: float = 1.0) -> None:
-    """Takes back what `merge_lora` added: the base weights return up to float rounding (about one ulp)."""
-    if strength != 0:
-        _add(module, lora, -strength)
-
-
-@contextlib.contextmanager
-def unmerged_lora(module: nn.Module, lora: Lora, strength: float = 1.0):
-    """Runs the LoRA beside the layers, weights untouched (PEFT's unmerged mode): each target layer's output gets
-    strength · scale · up(down(x)). Inside the `with`, `module` computes with the LoRA; after it, without."""
-    hooks = []
-    try:
-        for name, w in lora.weights.items():
-            layer = module.get_submodule(name.rsplit(".", 1)[0])
-            hooks.append(layer.register_forward_hook(_branch(layer, w, strength * w.scale)))
-        yield module
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def _branch(layer: nn.Module, w: LoraWeight, factor: float):
-    if isinstance(layer, nn.Linear) or getattr(layer, "time_last", False):  # incl. time-last pointwise convs
-        def side(x, down, up):
-            return F.linear(F.linear(x, down.flatten(1)), up.flatten(1))
-    elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and layer.groups == 1:
-        conv = (F.conv1d, F.conv2d, F.conv3d)[w.down.ndim - 3]
-
-        def side(x, down, up):  # down is a conv of the layer's geometry, up a 1x1 conv
-            return conv(layer._conv_forward(x, down, None), up)
-    else:
-        raise TypeError(f"unmerged LoRA supports Linear and ungrouped Conv layers, not {layer}")
-
-    def hook(_layer, args, output):
-        x = args[0].float()
-        down, up = w.down.to(x.device, torch.float32), w.up.to(x.device, torch.float32)
-        return output + (factor * side(x, down, up)).to(output.dtype)
-
-    return hook
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Test and demo LoRAs
-
-def target_modules(config: TransformerConfig, targets: Iterable[str] = DEFAULT_TARGETS) -> list[str]:
-    """The module names PEFT's `target_modules` would pick in our transformer (a name or a dotted name ending)."""
-    shapes = _shapes(build_empty("transformer", config))
-    dead = set(unused_checkpoint_shapes(config))
-    names = sorted(k[: -len(".weight")] for k, s in shapes.items()
-                   if k.endswith(".weight") and len(s) >= 2 and k not in dead)
-    return [m for m in names if any(m == t or m.endswith("." + t) for t in targets)]
-
-
-def make_test_lora(config: TransformerConfig, rank: int = 4, alpha: Optional[float] = None,
-                   targets: Iterable[str] = DEFAULT_TARGETS, seed: int = 0, rslora: bool = False,
-                   key_style: str = "peft", dtype: torch.dtype = torch.float32,
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a seeded random LoRA for a transformer of `config`, spelled `key_style`:
-    "peft" (ACE-Step's trainer: `<module>.lora_A.weight`), "peft_prefixed" (`base_model.model.` + that),
-    "comfyui" (`diffusion_model.<module>.lora_down.weight`) or "kohya" (`lora_unet_<module_>.lora_down.weight`).
-
-    alpha and rslora go where that style keeps them: PEFT styles into a PEFT config JSON under the
-    `lora_adapter_metadata` metadata key (none when alpha is None and rslora is off: a diffusers 0.33 save);
-    ComfyUI/kohya styles into `.alpha` tensors, plus `use_rslora` metadata when rslora is on.
-    Every target's delta has about 0.3 × the std of PyTorch's default init of that weight, whatever the scale.
-    """
-    if key_style not in KEY_STYLES:
-        raise ValueError(f"unknown key_style {key_style!r} ({', '.join(KEY_STYLES)})")
-    targets = tuple(targets)
-    shapes = _shapes(build_empty("transformer", config))
-    modules = target_modules(config, targets)
-    if not modules:
-        raise ValueError(f"no module of the transformer matches targets {targets}")
-    scale = (rank if alpha is None else alpha) / (math.sqrt(rank) if rslora else rank)
-    tensors, metadata = {}, {}
-    for m in modules:
-        out, *rest = shapes[m + ".weight"]
-        fan_in = math.prod(rest)
-        down = torch.randn(rank, *rest, generator=_key_generator(seed, m + ".down")) / math.sqrt(fan_in)
-        up = torch.randn(out, rank, *[1] * len(rest[1:]), generator=_key_generator(seed, m + ".up"))
-        up *= math.sqrt(0.03 / rank) / scale
-        if key_style.startswith("peft"):
-            spelled = ("base_model.model." if key_style == "peft_prefixed" else "") + m
-            tensors[spelled + ".lora_A.weight"], tensors[spelled + ".lora_B.weight"] = down, up
-        else:
-            spelled = "diffusion_model." + m if key_style == "comfyui" else _KOHYA_PREFIX + m.replace(".", "_")
-            tensors[spelled + ".lora_down.weight"], tensors[spelled + ".lora_up.weight"] = down, up
-            if alpha is not None:
-                tensors[spelled + _ALPHA] = torch.tensor(float(alpha))
-    tensors = {k: v.to(dtype).contiguous() for k, v in tensors.items()}
-    if key_style.startswith("peft") and (alpha is not None or rslora):
-        metadata["lora_adapter_metadata"] = json.dumps(
-            {"peft_type": "LORA", "r": rank, "lora_alpha": rank if alpha is None else alpha, "use_rslora": rslora,
-             "target_modules": list(targets)}, sort_keys=True)
-    elif rslora:
-        metadata["use_rslora"] = "true"
-    return tensors, metadata
-
-
-def write_test_lora(path, config: TransformerConfig, rank: int = 4, alpha: Optional[float] = None,
-                    targets: Iterable[str] = DEFAULT_TARGETS, seed: int = 0, rslora: bool = False,
-                    key_style: str = "peft", dtype: torch.dtype = torch.float32) -> Path:
-    """Writes `make_test_lora(...)` as a .safetensors file (deterministic bytes) and returns its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors, metadata = make_test_lora(config, rank, alpha, targets, seed, rslora, key_style, dtype)
-    save_safetensors(path, tensors, {"format": "pt", **metadata})
-    return path

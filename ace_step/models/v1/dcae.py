@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .time_tiles import map_time_tiles
+from ..time_tiles import map_time_tiles
 
 RES = "ResBlock"
 VIT = "EfficientViTBlock"

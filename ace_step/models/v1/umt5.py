@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .erg import UMT5_BLOCKS, same_relative_depth
+from ...sampling.erg import UMT5_BLOCKS, same_relative_depth
 
 EOS_ID = 1
 PAD_ID = 0

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .flow_steps import Velocity, as_sigma, euler_step, model_timestep, pingpong_step
-from .music_vae import SAMPLE_RATE, SAMPLES_PER_LATENT_FRAME
+from ..models.v1.music_vae import SAMPLE_RATE, SAMPLES_PER_LATENT_FRAME
 from .schedules import NUM_TRAIN_TIMESTEPS
 
 MAX_FRAMES = int(240 * SAMPLE_RATE / SAMPLES_PER_LATENT_FRAME)  # 2583: the original's 240 s limit for extend

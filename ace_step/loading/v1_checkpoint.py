@@ -102,16 +102,16 @@ class _Network:
 
 def _network(kind: str) -> _Network:
     if kind == "transformer":
-        from . import transformer as m
+        from ..models.v1 import transformer as m
 
         return _Network(kind, "diffusion transformer", m.TransformerConfig, m.ACEStepTransformer,
                         m.unused_checkpoint_shapes)
     if kind == "vae":
-        from . import music_vae as m
+        from ..models.v1 import music_vae as m
 
         return _Network(kind, "music VAE (DCAE + vocoder)", m.MusicVAEConfig, m.MusicVAE, m.unused_checkpoint_shapes)
     if kind == "umt5":
-        from . import umt5 as m
+        from ..models.v1 import umt5 as m
 
         return _Network(kind, "UMT5 text encoder", m.UMT5Config, m.UMT5Encoder, m.unused_checkpoint_shapes)
     raise ValueError(kind)
@@ -409,7 +409,7 @@ def _fold_weight_norm(group: dict[str, _Ref], path) -> tuple[dict[str, _Ref], di
 
 
 def _fuse(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    from .vocoder import fuse_weight_norm
+    from ..models.v1.vocoder import fuse_weight_norm
 
     return fuse_weight_norm({"w.weight_g": g, "w.weight_v": v})["w.weight"]
 
@@ -765,7 +765,7 @@ def _missing_components_error(path, plan: _Plan, missing, present) -> Checkpoint
 
 
 def _load_tokenizer(plan: _Plan, found: _Found, info: CheckpointInfo):
-    from .text_tokenizer import UMT5Tokenizer
+    from ..text.umt5_tokenizer import UMT5Tokenizer
 
     spiece = plan.groups.get("spiece", {}).get("spiece_model")
     if spiece is not None:
@@ -790,7 +790,7 @@ def _load_tokenizer(plan: _Plan, found: _Found, info: CheckpointInfo):
 
 
 def _tokenizer_from_file(p: Path):
-    from .text_tokenizer import UMT5Tokenizer
+    from ..text.umt5_tokenizer import UMT5Tokenizer
 
     try:
         if p.suffix == ".json":
@@ -835,7 +835,7 @@ def file_layout_shapes(configs: Mapping[str, object], layout: str = "all-in-one"
     layout "all-in-one": {ALL_IN_ONE_NAME: {prefixed key: shape}} (without spiece_model: its length depends on data).
     layout "folder": {"ace_step_transformer/diffusion_pytorch_model.safetensors": {...}, ...}, HF UMT5 naming.
     """
-    from . import music_vae
+    from ..models.v1 import music_vae
 
     per_net: dict[str, dict[str, tuple]] = {}
     for kind, config in configs.items():

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .audio_dsp import LogMelSpectrogram, MelConfig
-from .time_tiles import map_time_tiles
+from ...audio.dsp import LogMelSpectrogram, MelConfig
+from ..time_tiles import map_time_tiles
 
 
 @dataclass

@@ -17,9 +17,9 @@ import comfy.supported_models
 import comfy.utils
 import torch
 
-from ..ace_step.condition_cache import ConditionCache
-from ..ace_step.transformer import ACEStepTransformer
-from ..ace_step.umt5 import encode_token_weights, is_weighted
+from ..ace_step.sampling.condition_cache import ConditionCache
+from ..ace_step.models.v1.transformer import ACEStepTransformer
+from ..ace_step.models.v1.umt5 import encode_token_weights, is_weighted
 from .audio_input import float_waveform, to_stereo
 from .memory import require_memory
 

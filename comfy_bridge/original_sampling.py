@@ -26,10 +26,10 @@ import comfy.samplers
 import comfy.utils
 import torch
 
-from ..ace_step import erg, flow_steps, schedules
-from ..ace_step.guidance import GuidanceSchedule, Guider
-from ..ace_step.umt5 import encode_token_weights, erg_tag_q_scale
-from .comfy_models import LATENT_CHANNELS, LATENT_HEIGHT, AceStepClip, require_transformer_memory
+from ..ace_step.sampling import erg, flow_steps, schedules
+from ..ace_step.sampling.guidance import GuidanceSchedule, Guider
+from ..ace_step.models.v1.umt5 import encode_token_weights, erg_tag_q_scale
+from .models import LATENT_CHANNELS, LATENT_HEIGHT, AceStepClip, require_transformer_memory
 
 ERG_TEXT_KEY = "acestudio_erg_text"
 LYRIC_ERG_KEY = "acestudio_lyric_erg"

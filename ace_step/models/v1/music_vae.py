@@ -26,7 +26,7 @@ from torch import nn
 
 from . import dcae as dcae_module
 from . import vocoder as vocoder_module
-from .audio_dsp import resample
+from ...audio.dsp import resample
 from .dcae import DCAE, DCAEConfig
 from .vocoder import Vocoder, VocoderConfig
 

@@ -1,0 +1,1 @@
+"""Audio signal processing: log-mel spectrograms, resampling."""

@@ -1,0 +1,1 @@
+"""Sampling: schedules, guidance, flow steps, editing tasks, ERG, per-run condition caching."""
