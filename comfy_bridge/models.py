@@ -1,14 +1,14 @@
 """The one adapter between ComfyUI and `ace_step`: our networks wrapped in ComfyUI's model management.
 
 - MODEL: ComfyUI's own ACE-Step `BaseModel` (flow matching, shift 3, ACE latent format, its condition plumbing) whose
-  diffusion model is our transformer, in a ModelPatcher. KSampler, ModelSamplingSD3, LatentApplyOperationCFG and
-  LoRA patching then work as with the native model.
+  diffusion model is our transformer, built with `comfy.ops` layers and ComfyUI's attention, in a ModelPatcher.
+  KSampler, ModelSamplingSD3, LatentApplyOperationCFG, LoRA patching, partial (low-VRAM) loading and ComfyUI's
+  attention backends and patches then work as with the native model.
 - CLIP and VAE: objects with the methods ComfyUI's CLIP/VAE expose to nodes (`tokenize`, `encode_from_tokens_scheduled`,
   `encode`, `decode`), so core nodes such as TextEncodeAceStepAudio, VAEEncodeAudio and VAEDecodeAudio take them too.
 """
 from __future__ import annotations
 
-import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -17,38 +17,53 @@ import comfy.supported_models
 import comfy.utils
 import torch
 
-from ..ace_step.sampling.condition_cache import ConditionCache
+from ..ace_step.loading.v1_checkpoint import load_ace_step
+from ..ace_step.models.v1.latent import CHANNELS, HEIGHT, SAMPLE_RATE, SAMPLES_PER_FRAME, seconds_for_frames
 from ..ace_step.models.v1.transformer import ACEStepTransformer
 from ..ace_step.models.v1.umt5 import encode_token_weights, is_weighted
+from ..ace_step.sampling.condition_cache import ConditionCache
+from ..ace_step.text.lyrics import TRAINED_LYRIC_TOKENS
+from ..ace_step.text.lyrics import LyricTokenizer
 from .audio_input import float_waveform, to_stereo
 from .memory import require_memory
-
-LATENT_SAMPLES_PER_FRAME = 4096  # 8 mel frames of hop 512 at 44.1 kHz
-LATENT_CHANNELS, LATENT_HEIGHT = 8, 16
-SAMPLE_RATE = 44100
-TRAINED_LYRIC_TOKENS = 4096  # the longest lyrics ACE-Step v1 was trained on (tech report)
+from .paths import comfyui_root
+from .operations import (
+    V1_INFERENCE_DTYPES,
+    diffusion_attention,
+    diffusion_operations,
+    text_encoder_attention,
+    text_encoder_operations,
+    vae_operations,
+)
 
 
 class ComfyCallableTransformer(ACEStepTransformer):
-    """Our transformer, called the way ComfyUI's ACE-Step BaseModel calls its diffusion model.
+    """Our transformer, called the way ComfyUI's ACE-Step BaseModel calls its diffusion model (and wrapped, as
+    ComfyUI's own is, by the DIFFUSION_MODEL wrappers of `transformer_options`).
 
     Within a sampling run the condition encoders and the cross-attention keys/values run once per distinct condition,
     not at every step (ace_step.condition_cache); the patcher's pre-run and cleanup callbacks bracket the run."""
 
     def forward(self, x, timestep, context=None, lyric_token_idx=None, lyrics_strength=1.0, speaker_embeds=None,
                 transformer_options=None, control=None, **kwargs):
-        # ComfyUI's own layers check its interrupt flag on every op; plain torch layers never do, so once per call.
-        mm.throw_exception_if_processing_interrupted()
+        transformer_options = transformer_options or {}
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(
+            self._forward, self,
+            comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                     transformer_options),
+        ).execute(x, timestep, context, lyric_token_idx, lyrics_strength, transformer_options)
+
+    def _forward(self, x, timestep, context, lyric_token_idx, lyrics_strength, transformer_options):
         check_song_latent(x)
-        require_transformer_memory(self, x.shape[0], x.shape[-1], 0 if context is None else context.shape[1],
+        require_transformer_memory(self, x.device, x.shape[0], x.shape[-1], 0 if context is None else context.shape[1],
                                    0 if lyric_token_idx is None else lyric_token_idx.shape[-1])
         # ComfyUI always sends zero speaker embeddings of the full model's width; ours are zeros of the right width.
         cache = getattr(self, "condition_cache", None)
         if cache is None or context is None or lyric_token_idx is None or isinstance(lyrics_strength, torch.Tensor):
             return super().forward(x, timestep, text_hidden=context, lyric_ids=lyric_token_idx,
-                                   lyrics_strength=lyrics_strength)
-        cond, cross_kv = cache.lookup(self, context, lyric_token_idx, float(lyrics_strength))
-        return self.decode(x, timestep, cond, cross_kv=cross_kv)
+                                   lyrics_strength=lyrics_strength, transformer_options=transformer_options)
+        cond, cross_kv = cache.lookup(self, context, lyric_token_idx, float(lyrics_strength), transformer_options)
+        return self.decode(x, timestep, cond, cross_kv=cross_kv, transformer_options=transformer_options)
 
     def start_run(self, patcher):
         """Before sampling (the patcher's pre-run). ComfyUI's weight hooks (a LoRA scheduled on a conditioning) patch
@@ -60,29 +75,52 @@ class ComfyCallableTransformer(ACEStepTransformer):
         self.condition_cache = None
 
 
-def require_transformer_memory(transformer: ACEStepTransformer, batch: int, frames: int, text_tokens: int,
+def require_transformer_memory(transformer: ACEStepTransformer, device, batch: int, frames: int, text_tokens: int,
                                lyric_tokens: int):
     """Refuses a transformer call (condition encoding, denoising or both) the machine cannot hold, naming the
     part that makes it too big."""
     needed = transformer.working_bytes(batch, frames, text_tokens, lyric_tokens)
-    if transformer.lyric_encoder.working_bytes(lyric_tokens, batch) > needed / 2:
+    element = torch.finfo(transformer.activation_dtype).bits // 8
+    if transformer.lyric_encoder.working_bytes(lyric_tokens, batch, element) > needed / 2:
         what = f"encoding {lyric_tokens:,} lyric tokens (the lyric encoder's attention grows with their square)"
         fix = (f"shorten the lyrics: ACE-Step v1 was trained on up to {TRAINED_LYRIC_TOKENS:,} tokens, and a "
                "song's lyrics are rarely above 2,000")
     else:
-        seconds = frames * LATENT_SAMPLES_PER_FRAME / SAMPLE_RATE
+        seconds = seconds_for_frames(frames)
         what = f"sampling {batch} × {frames:,} latent frames ({seconds:,.0f} s)"
         fix = "lower the batch size or the song length"
-    require_memory(needed, transformer.device, what, fix)
+    require_memory(needed, device, what, fix)
 
 
-def model_patcher(transformer: ACEStepTransformer) -> comfy.model_patcher.ModelPatcher:
-    """MODEL for ComfyUI's samplers, with our transformer as its diffusion model."""
+class AceStepV1Model(comfy.model_base.ACEStep):
+    """ComfyUI's ACE-Step v1 model (flow matching, shift 3, its condition plumbing) reporting our transformer's memory
+    need, so that ComfyUI offloads and batches by what a call really takes (ComfyUI calls `memory_required` with the
+    latent shape and, through `extra_conds_shapes`, the conditions' shapes)."""
+
+    def extra_conds_shapes(self, **kwargs):
+        out = {}
+        if kwargs.get("cross_attn") is not None:
+            out["c_crossattn"] = list(kwargs["cross_attn"].shape)
+        if kwargs.get("conditioning_lyrics") is not None:
+            out["lyric_token_idx"] = list(kwargs["conditioning_lyrics"].shape)
+        return out
+
+    def memory_required(self, input_shape, cond_shapes={}, **kwargs):
+        text = max((s[1] for s in cond_shapes.get("c_crossattn", [])), default=0)
+        lyrics = max((s[-1] for s in cond_shapes.get("lyric_token_idx", [])), default=0)
+        return self.diffusion_model.working_bytes(input_shape[0], input_shape[-1], text, lyrics)
+
+
+def model_patcher(transformer: ComfyCallableTransformer, manual_cast_dtype) -> comfy.model_patcher.ModelPatcher:
+    """MODEL for ComfyUI's samplers, with our transformer (built with ComfyUI's operations) as its diffusion model.
+
+    A classic ModelPatcher (not ComfyUI's dynamic-VRAM one, which a custom node only gets by asking for
+    `CoreModelPatcher`): it loads whole or partially as VRAM allows, and applies LoRA patches in place on what it
+    loads and at call time, through the `comfy.ops` layers, on what it leaves offloaded."""
     model_config = comfy.supported_models.ACEStep({"audio_model": "ace", "disable_unet_model_creation": True})
-    model_config.set_inference_dtype(transformer.dtype, None)
-    base = comfy.model_base.ACEStep(model_config, device=transformer.device)
-    # The same module, re-typed so ComfyUI's call signature reaches our forward; parameters are untouched.
-    transformer.__class__ = ComfyCallableTransformer
+    model_config.set_inference_dtype(transformer.dtype, manual_cast_dtype)
+    transformer.compute_dtype = manual_cast_dtype
+    base = AceStepV1Model(model_config, device=transformer.device)
     base.diffusion_model = transformer
     patcher = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
@@ -136,9 +174,9 @@ def check_song_latent(latent):
     """Refuses what is not an ACE-Step song latent [batch, 8, 16, frames] (an image latent, another audio model's),
     before it reaches a layer whose shape error would say nothing useful."""
     shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else None
-    if shape is None or len(shape) != 4 or shape[1:3] != (LATENT_CHANNELS, LATENT_HEIGHT) or 0 in shape:
+    if shape is None or len(shape) != 4 or shape[1:3] != (CHANNELS, HEIGHT) or 0 in shape:
         raise ValueError(f"this LATENT ({'shape ' + str(list(shape)) if shape is not None else type(latent).__name__})"
-                         f" is not an ACE-Step song latent [batch, {LATENT_CHANNELS}, {LATENT_HEIGHT}, frames]: it "
+                         f" is not an ACE-Step song latent [batch, {CHANNELS}, {HEIGHT}, frames]: it "
                          "comes from an image or another audio model, or is empty; connect an ACE-Step latent (Empty "
                          "ACE-Step Latent Audio, Audio to ACE-Step Latent, or a sampler fed by them)")
 
@@ -181,9 +219,9 @@ class AceStepVae:
         [B, 8, 16, ceil(T·44100/sr / 4096)] on the intermediate device."""
         batch, channels, samples = waveform.shape
         frames = self.music_vae.latent_frames(-(-samples * SAMPLE_RATE // sample_rate))
-        window_bytes = int(min(samples, self.CHUNK_FRAMES * LATENT_SAMPLES_PER_FRAME) * 330 * 4)
+        window_bytes = int(min(samples, self.CHUNK_FRAMES * SAMPLES_PER_FRAME) * 330 * 4)
         # float32 copies of the input, then of the stereo signal resampled and padded (two alive at once).
-        copies = 4 * batch * (channels * samples + 2 * 2 * frames * LATENT_SAMPLES_PER_FRAME)
+        copies = 4 * batch * (channels * samples + 2 * 2 * frames * SAMPLES_PER_FRAME)
         self._require_memory(window_bytes, copies, f"encoding {batch} × {samples / sample_rate:,.0f} s of audio",
                              "encode fewer or shorter songs at once (Trim Audio Duration cuts a song)")
         waveform = to_stereo(float_waveform(waveform))
@@ -199,8 +237,8 @@ class AceStepVae:
         check_song_latent(latent)
         batch, frames = latent.shape[0], latent.shape[-1]
         window_bytes = int(16 * min(frames, self.CHUNK_FRAMES + 2 * self.OVERLAP_FRAMES) * 87000 * 4)
-        self._require_memory(window_bytes, 4 * batch * 2 * frames * LATENT_SAMPLES_PER_FRAME,
-                             f"decoding {batch} × {frames * LATENT_SAMPLES_PER_FRAME / SAMPLE_RATE:,.0f} s of audio",
+        self._require_memory(window_bytes, 4 * batch * 2 * frames * SAMPLES_PER_FRAME,
+                             f"decoding {batch} × {seconds_for_frames(frames):,.0f} s of audio",
                              "decode fewer songs at once (a smaller batch) or shorter ones")
         if not torch.isfinite(latent).all():
             raise ValueError("the latent contains NaN or infinite values, so its audio would be noise or silence: "
@@ -218,3 +256,21 @@ class AceStepVae:
 
     def decode(self, latent: torch.Tensor, vae_options=None) -> torch.Tensor:
         return self.decode_audio(latent).movedim(1, -1)
+
+
+def load_checkpoint(path, weight_dtype: str = "default") -> tuple:
+    """(MODEL, CLIP, VAE) from an ACE-Step v1 checkpoint, each network built with ComfyUI's operations and attention.
+
+    weight_dtype: one of `operations.WEIGHT_DTYPES` for the diffusion model, as ComfyUI's UNETLoader offers them; the
+    text encoder and the VAE keep ComfyUI's default weight dtype. Weights go to the offload device; ComfyUI moves
+    them when a node runs the model."""
+    base_dtype = mm.unet_dtype(supported_dtypes=V1_INFERENCE_DTYPES)
+    unet_dtype, compute_dtype, unet_ops = diffusion_operations(weight_dtype, mm.get_torch_device(),
+                                                               V1_INFERENCE_DTYPES)
+    models = load_ace_step(
+        path, dtype={"transformer": unet_dtype, "vae": base_dtype, "text_encoder": base_dtype},
+        device=mm.unet_offload_device(), transformer_cls=ComfyCallableTransformer,
+        operations={"transformer": unet_ops, "text_encoder": text_encoder_operations(), "vae": vae_operations()},
+        attention={"transformer": diffusion_attention, "text_encoder": text_encoder_attention})
+    clip = AceStepClip(models.text_encoder, models.tokenizer, LyricTokenizer(comfyui_root=comfyui_root()))
+    return model_patcher(models.transformer, compute_dtype), clip, AceStepVae(models.vae)

@@ -1,4 +1,4 @@
-"""The original ACE-Step v1 pipeline's sampling (reference doc §2.1-2.5) on a ComfyUI MODEL.
+"""The original ACE-Step v1 pipeline's sampling (ace-step/ACE-Step `acestep/pipeline_ace_step.py`, `text2music_diffusion_process`) on a ComfyUI MODEL.
 
 The numbers come from `ace_step` (schedules, guidance, flow_steps, erg); this module only connects them to ComfyUI:
 - the model is the MODEL's loaded diffusion model (ComfyUI model management, so LoRA weight patches apply), called
@@ -29,7 +29,8 @@ import torch
 from ..ace_step.sampling import erg, flow_steps, schedules
 from ..ace_step.sampling.guidance import GuidanceSchedule, Guider
 from ..ace_step.models.v1.umt5 import encode_token_weights, erg_tag_q_scale
-from .models import LATENT_CHANNELS, LATENT_HEIGHT, AceStepClip, require_transformer_memory
+from ..ace_step.models.v1.latent import CHANNELS, HEIGHT
+from .models import AceStepClip, require_transformer_memory
 
 ERG_TEXT_KEY = "acestudio_erg_text"
 LYRIC_ERG_KEY = "acestudio_lyric_erg"
@@ -114,7 +115,7 @@ def single_entry(conditioning: list) -> tuple[torch.Tensor, dict]:
 
 
 def erg_tag_hidden(clip: AceStepClip, tokens: dict) -> torch.Tensor:
-    """The tags re-encoded with the ERG-tag query scale (UMT5 blocks 8 and 9 x 0.01, spec §2.4), prompt weights
+    """The tags re-encoded with the ERG-tag query scale (UMT5 blocks 8 and 9 x 0.01, the original's `use_erg_tag`), prompt weights
     applied as in the plain encoding."""
     clip.load_model()
     encoder = clip.patcher.model
@@ -123,7 +124,7 @@ def erg_tag_hidden(clip: AceStepClip, tokens: dict) -> torch.Tensor:
 
 
 def null_conditioning(positive: list, use_erg_tag: bool, use_erg_lyric: bool) -> list:
-    """The original's unconditional condition (spec §2.4). With lyric ERG: the ERG-tag text (or zeros without tag
+    """The original's unconditional condition (`text2music_diffusion_process`). With lyric ERG: the ERG-tag text (or zeros without tag
     ERG) and the real lyrics, encoded with the lyric-encoder ERG; without: zero text and [STOP] (id 0) lyrics of
     the same length (the original then drops the ERG-tag text even if it was computed)."""
     cond, extras = single_entry(positive)
@@ -141,7 +142,7 @@ def null_conditioning(positive: list, use_erg_tag: bool, use_erg_lyric: bool) ->
 
 
 def text_only_conditioning(positive: list, use_erg_lyric: bool) -> list:
-    """Double guidance's text-only condition (spec §2.4): the real text with ERG-weakened lyrics, or with [STOP]
+    """Double guidance's text-only condition (the original's `guidance_scale_text`/`guidance_scale_lyric` branch): the real text with ERG-weakened lyrics, or with [STOP]
     lyrics when lyric ERG is off."""
     cond, extras = single_entry(positive)
     if use_erg_lyric:
@@ -150,15 +151,16 @@ def text_only_conditioning(positive: list, use_erg_lyric: bool) -> list:
                     LYRIC_ERG_KEY: False}]]
 
 
-def encode_conditioning(diffusion_model, conditioning: list, batch: int) -> tuple[torch.Tensor, None]:
-    """`encode_condition` of one CONDITIONING, repeated for the batch. No masks: ComfyUI's text and lyric tokens
-    are all real (the original's masks are all ones too, except for empty lyrics)."""
+def encode_conditioning(diffusion_model, conditioning: list, batch: int, device) -> tuple[torch.Tensor, None]:
+    """`encode_condition` of one CONDITIONING on `device` (the MODEL's load device), repeated for the batch. No
+    masks: ComfyUI's text and lyric tokens are all real (the original's masks are all ones too, except for empty
+    lyrics)."""
     cond, extras = single_entry(conditioning)
     lyrics = extras["conditioning_lyrics"]
-    require_transformer_memory(diffusion_model, cond.shape[0], 0, cond.shape[1], lyrics.shape[-1])
+    require_transformer_memory(diffusion_model, device, cond.shape[0], 0, cond.shape[1], lyrics.shape[-1])
     hooked = erg.lyric_modules(diffusion_model.config.lyric_encoder_blocks) if extras.get(LYRIC_ERG_KEY) else []
     with erg.scaled_outputs(diffusion_model, hooked):
-        encoded, _ = diffusion_model.encode_condition(cond, extras["conditioning_lyrics"],
+        encoded, _ = diffusion_model.encode_condition(cond.to(device), lyrics.to(device),
                                                       lyrics_strength=extras.get("lyrics_strength", 1.0))
     return encoded.expand(batch, -1, -1), None
 
@@ -185,11 +187,11 @@ class GuidanceSettings:
 
 class OriginalVelocity:
     """v(x, t, i) of the original loop: conditions encoded once, then per loop index i the passes the guider asks
-    for, the unconditional one with the diffusion ERG hooks (spec §2.4) when enabled."""
+    for, the unconditional one with the diffusion ERG hooks (the original's `use_erg_diffusion`) when enabled."""
 
     def __init__(self, diffusion_model, settings: GuidanceSettings, num_steps: int, positive: list, negative: list,
-                 text_only: list | None, batch: int):
-        self.model = diffusion_model
+                 text_only: list | None, batch: int, device):
+        self.model, self.device = diffusion_model, device
         self.guider = settings.guider(num_steps)
         if self.guider.double_condition and text_only is None:
             raise ValueError("double guidance (guidance_scale_text and guidance_scale_lyric both > 1) needs the "
@@ -209,7 +211,7 @@ class OriginalVelocity:
     def _encoded(self, conditioning: list, batch: int) -> tuple:
         """(cond, mask, cross-attention keys/values): constant over the run, so computed once, not per pass, and
         for the one row the batch repeats."""
-        cond, mask = encode_conditioning(self.model, conditioning, batch)
+        cond, mask = encode_conditioning(self.model, conditioning, batch, self.device)
         kv = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
               for k, v in self.model.cross_attention_kv(cond[:1])]
         return cond, mask, kv
@@ -248,7 +250,7 @@ def original_schedule(model, steps: int, scheduler: str, oss_steps: str = "") ->
 def loaded_diffusion_model(model, shape):
     """The MODEL's diffusion model, loaded through ComfyUI model management (weight patches applied, memory made
     for latents of `shape`) for the duration of one run."""
-    require_transformer_memory(model.model.diffusion_model, shape[0], shape[-1], 0, 0)
+    require_transformer_memory(model.model.diffusion_model, model.load_device, shape[0], shape[-1], 0, 0)
     real_model, _, loaded = comfy.sampler_helpers.prepare_sampling(model, shape, {}, model.model_options)
     model.pre_run()
     try:
@@ -259,11 +261,12 @@ def loaded_diffusion_model(model, shape):
 
 
 def original_velocity(diffusion_model, positive: list, settings: GuidanceSettings, num_steps: int, batch: int,
-                      use_erg_tag: bool = True, use_erg_lyric: bool = True) -> OriginalVelocity:
-    """The original's guided velocity for `positive`, with its ERG unconditional and text-only conditions."""
+                      device, use_erg_tag: bool = True, use_erg_lyric: bool = True) -> OriginalVelocity:
+    """The original's guided velocity for `positive`, with its ERG unconditional and text-only conditions, computed
+    on `device`."""
     negative = null_conditioning(positive, use_erg_tag, use_erg_lyric)
     text_only = text_only_conditioning(positive, use_erg_lyric)
-    return OriginalVelocity(diffusion_model, settings, num_steps, positive, negative, text_only, batch)
+    return OriginalVelocity(diffusion_model, settings, num_steps, positive, negative, text_only, batch, device)
 
 
 def with_progress(velocity, total: int):
@@ -281,21 +284,22 @@ def sample_original(model, positive: list, seeds: list[int], frames: int, settin
                     schedule: schedules.Schedule, omega_scale: float = 10.0, use_erg_tag: bool = True,
                     use_erg_lyric: bool = True, start: torch.Tensor | None = None,
                     first_step: int = 0) -> torch.Tensor:
-    """The original text2music loop (spec §2.5) for one batch item per seed: latent [len(seeds), 8, 16, frames]
+    """The original text2music loop (`text2music_diffusion_process`) for one batch item per seed: latent [len(seeds), 8, 16, frames]
     (float32, intermediate device). The latent stays in the model dtype between steps, as in the original.
 
     `start` replaces the seed noise as the initial latent (retake's mixed noise, audio2audio's noised reference);
     `first_step` skips the schedule's first steps (audio2audio), the loop index still counting them for the
     guidance interval (Heun: 2 calls per skipped step)."""
-    item_shape = [LATENT_CHANNELS, LATENT_HEIGHT, frames]
+    item_shape = [CHANNELS, HEIGHT, frames]
     noise = seeded_noise(seeds, item_shape) if start is None else start
     generator = pingpong_generator(seeds[0], item_shape) if schedule.scheduler == "pingpong" else None
     offset = 2 * first_step if schedule.scheduler == "heun" else first_step
     sigmas = schedule.sigmas[offset:]
     with loaded_diffusion_model(model, noise.shape) as diffusion_model:
         velocity = with_progress(original_velocity(diffusion_model, positive, settings, schedule.num_steps,
-                                                   len(seeds), use_erg_tag, use_erg_lyric), len(sigmas) - 1)
-        x = noise.to(device=model.load_device, dtype=diffusion_model.dtype)
+                                                   len(seeds), model.load_device, use_erg_tag, use_erg_lyric),
+                                 len(sigmas) - 1)
+        x = noise.to(device=model.load_device, dtype=diffusion_model.activation_dtype)
         out = flow_steps.sample(schedule.scheduler, lambda x, t, i: velocity(x, t, i + offset), x,
                                 sigmas.to(model.load_device), omega_scale, generator)
     return out.float().to(mm.intermediate_device())
@@ -359,7 +363,7 @@ class OriginalGuider(comfy.samplers.CFGGuider):
 
     def inner_sample(self, noise, latent_image, device, sampler, sigmas, *args, **kwargs):
         self.velocity = OriginalVelocity(self.inner_model.diffusion_model, self.settings, len(sigmas) - 1,
-                                         *self.conditioning, noise.shape[0])
+                                         *self.conditioning, noise.shape[0], device)
         self.calls = 0
         try:
             return super().inner_sample(noise, latent_image, device, sampler, sigmas, *args, **kwargs)

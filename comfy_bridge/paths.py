@@ -34,6 +34,11 @@ def plain_relative_name(name: str, what: str) -> str:
     return name
 
 
+def comfyui_root() -> Path:
+    """The ComfyUI installation's folder (where its bundled tokenizer files live)."""
+    return Path(folder_paths.__file__).resolve().parent
+
+
 def comfy_folders() -> list[Path]:
     """Every folder ComfyUI reads or writes, links resolved."""
     roots = {folder_paths.models_dir, folder_paths.get_input_directory(), folder_paths.get_output_directory(),

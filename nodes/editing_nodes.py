@@ -1,4 +1,4 @@
-"""The original ACE-Step v1 editing tasks (reference doc §2.6-2.10) as nodes: retake, repaint, extend, lyric edit
+"""The original ACE-Step v1 editing tasks (ace-step/ACE-Step `acestep/pipeline_ace_step.py`) as nodes: retake, repaint, extend, lyric edit
 (FlowEdit) and audio2audio with a reference strength.
 
 The algorithms are `ace_step.editing` / `ace_step.schedules`; the guided velocity, conditions, seeds and model
@@ -12,13 +12,8 @@ from comfy_api.latest import io
 
 from ..ace_step.sampling import editing, schedules
 from ..comfy_bridge import original_sampling as orig
-from ..comfy_bridge.models import (
-    LATENT_CHANNELS,
-    LATENT_HEIGHT,
-    LATENT_SAMPLES_PER_FRAME,
-    SAMPLE_RATE,
-    check_song_latent,
-)
+from ..ace_step.models.v1.latent import CHANNELS, HEIGHT, TRAINED_SECONDS, frames_for_seconds, seconds_for_frames
+from ..comfy_bridge.models import check_song_latent
 from .common import CATEGORY, choice, display_name, finite, node_id
 from .latent import MAX_SECONDS
 from .sampler_nodes import (
@@ -35,11 +30,6 @@ SAMPLER_INPUTS = {i.id: i for i in OriginalSampler.define_schema().inputs}
 RETAKE_SEEDS_TOOLTIP = ("Seeds of the new noise, one per song; empty = random (see the retake_seeds output). Keep "
                         "seeds fixed and change these for variations of the same song.")
 EDIT_PRESETS = {"only_lyrics": (0.6, 1.0), "remix": (0.2, 0.4)}  # the original app's (n_min, n_max)
-DEFAULT_WINDOW_SECONDS = 240.0  # the original's extend window
-
-
-def _seconds(frames: int) -> float:
-    return frames * LATENT_SAMPLES_PER_FRAME / SAMPLE_RATE
 
 
 def _common_inputs(source_tooltip: str) -> list:
@@ -70,7 +60,7 @@ def _batch(source: torch.Tensor, seeds: str, retake_seeds: str = "") -> tuple[to
 
 
 def _noise(seeds: list[int], frames: int) -> torch.Tensor:
-    return orig.seeded_noise(seeds, [LATENT_CHANNELS, LATENT_HEIGHT, frames])
+    return orig.seeded_noise(seeds, [CHANNELS, HEIGHT, frames])
 
 
 def _output(samples: torch.Tensor, *seed_lists: list[int]) -> io.NodeOutput:
@@ -85,9 +75,9 @@ def masked_sampling(model, positive, x0: torch.Tensor, z0: torch.Tensor, mask: t
     original sampler's guided velocity. Returns the sampled latent (model dtype, model device)."""
     schedule = schedules.flow_schedule(steps, "euler", shift=orig.model_shift(model))
     with orig.loaded_diffusion_model(model, z0.shape) as dm:
-        device, dtype = model.load_device, dm.dtype
+        device, dtype = model.load_device, dm.activation_dtype
         velocity = orig.with_progress(orig.original_velocity(dm, positive, settings, schedule.num_steps,
-                                                             x0.shape[0], use_erg_tag, use_erg_lyric),
+                                                             x0.shape[0], device, use_erg_tag, use_erg_lyric),
                                       max(0, steps - start_step))
         return editing.sample_repaint(velocity, x0.to(device, dtype), z0.to(device, dtype), mask.to(device),
                                       schedule.sigmas.to(device), start_step)
@@ -144,14 +134,14 @@ def repaint_frames(frames: int, start_seconds: float, end_seconds: float) -> tup
     """[start, end) latent frames of a repaint range, with clear errors for ranges the song does not have."""
     finite("start_seconds", start_seconds)
     finite("end_seconds", end_seconds)
-    length = _seconds(frames)
+    length = seconds_for_frames(frames)
     if end_seconds <= start_seconds:
         raise ValueError(f"the repaint range is reversed or empty: start {start_seconds:g} s, end {end_seconds:g} s "
                          "(end must be after start)")
     if start_seconds < 0 or end_seconds > length:
         raise ValueError(f"the repaint range {start_seconds:g}-{end_seconds:g} s is outside the song, which is "
                          f"{length:.2f} s long (use ACE-Step Extend to add time before or after it)")
-    start, end = editing.seconds_to_frames(start_seconds), editing.seconds_to_frames(end_seconds)
+    start, end = frames_for_seconds(start_seconds), frames_for_seconds(end_seconds)
     if end <= start:
         raise ValueError(f"the repaint range {start_seconds:g}-{end_seconds:g} s is shorter than one latent frame "
                          "(0.093 s)")
@@ -223,7 +213,7 @@ class Extend(io.ComfyNode):
                                tooltip="Seconds to add before the song."),
                 io.Float.Input("right_seconds", default=30.0, min=0.0, max=MAX_SECONDS, step=0.1,
                                tooltip="Seconds to add after the song."),
-                io.Float.Input("window_seconds", default=DEFAULT_WINDOW_SECONDS, min=0.0, max=MAX_SECONDS, step=1.0,
+                io.Float.Input("window_seconds", default=TRAINED_SECONDS, min=0.0, max=MAX_SECONDS, step=1.0,
                                tooltip="Longest stretch the model samples at once (the original's 240 s, what "
                                        "ACE-Step was trained on); 0 = no window, the whole result at once."),
                 *_sampling_inputs("seeds"),
@@ -248,18 +238,18 @@ class Extend(io.ComfyNode):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         src, seeds, retake = _batch(source["samples"], seeds, retake_seeds)
         length = src.shape[-1]
-        left, right = editing.seconds_to_frames(left_seconds), editing.seconds_to_frames(right_seconds)
+        left, right = frames_for_seconds(left_seconds), frames_for_seconds(right_seconds)
         if left + right == 0:
             raise ValueError("nothing to extend: left_seconds and right_seconds are both under one latent frame "
                              "(0.093 s)")
         total = left + length + right
-        window = editing.seconds_to_frames(window_seconds) if window_seconds > 0 else total
+        window = frames_for_seconds(window_seconds) if window_seconds > 0 else total
         if total > window and left and right:
-            raise ValueError(f"the result ({_seconds(total):.1f} s) is longer than window_seconds "
+            raise ValueError(f"the result ({seconds_for_frames(total):.1f} s) is longer than window_seconds "
                              f"({window_seconds:g} s) on both sides: extend one side per Extend node (chain two), "
                              "or raise window_seconds (0 = no window)")
         if total > window and max(left, right) >= window:
-            raise ValueError(f"the extension ({_seconds(max(left, right)):.1f} s) does not fit in window_seconds "
+            raise ValueError(f"the extension ({seconds_for_frames(max(left, right)):.1f} s) does not fit in window_seconds "
                              f"({window_seconds:g} s) beside any of the song: raise window_seconds (0 = no window)")
         noise = _noise(seeds, length)
         # The original draws the new parts' noise as long as the song; longer extensions need more.
@@ -279,7 +269,7 @@ class SeedStreams:
 
     def __init__(self, seeds: list[int], frames: int):
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self.shape = [1, LATENT_CHANNELS, LATENT_HEIGHT, frames]
+        self.shape = [1, CHANNELS, HEIGHT, frames]
 
     def __call__(self) -> torch.Tensor:
         return torch.cat([torch.randn(self.shape, generator=g) for g in self.generators])
@@ -343,10 +333,10 @@ class LyricEdit(io.ComfyNode):
         streams = SeedStreams(seeds, src.shape[-1])
         progress = comfy.utils.ProgressBar((n_max - n_min) * n_avg + max(0, steps - n_max))
         with orig.loaded_diffusion_model(model, src.shape) as dm:
-            device, dtype = model.load_device, dm.dtype
+            device, dtype = model.load_device, dm.activation_dtype
 
             def guided(positive):
-                return orig.original_velocity(dm, positive, settings, steps, len(seeds), use_erg_tag=False,
+                return orig.original_velocity(dm, positive, settings, steps, len(seeds), device, use_erg_tag=False,
                                               use_erg_lyric=False)
 
             source_v, target_v = guided(source_positive), guided(target_positive)

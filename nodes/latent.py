@@ -5,18 +5,12 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
+from ..ace_step.models.v1.latent import CHANNELS, HEIGHT, SAMPLE_RATE, frames_for_seconds
 from ..comfy_bridge.audio_input import audio_parts
-from ..comfy_bridge.models import LATENT_CHANNELS, LATENT_HEIGHT, LATENT_SAMPLES_PER_FRAME, SAMPLE_RATE
-from .common import CATEGORY, display_name, node_id
 from ..comfy_bridge.memory import require_memory
+from .common import CATEGORY, display_name, node_id
 
-MAX_SECONDS = 1000.0
-TRAINED_MAX_SECONDS = 240.0
-
-
-def frames_for_seconds(seconds: float) -> int:
-    """Latent frames for a duration, as ACE-Step and ComfyUI count them: int(seconds·44100/4096)."""
-    return int(seconds * SAMPLE_RATE / LATENT_SAMPLES_PER_FRAME)
+MAX_SECONDS = 1000.0  # the longest song a node accepts
 
 
 class EmptyLatentAudio(io.ComfyNode):
@@ -40,7 +34,7 @@ class EmptyLatentAudio(io.ComfyNode):
     def execute(cls, seconds, batch_size) -> io.NodeOutput:
         if not 1.0 <= seconds <= MAX_SECONDS:
             raise ValueError(f"seconds must be between 1 and {MAX_SECONDS:.0f}, got {seconds}")
-        shape = [batch_size, LATENT_CHANNELS, LATENT_HEIGHT, frames_for_seconds(seconds)]
+        shape = [batch_size, CHANNELS, HEIGHT, frames_for_seconds(seconds)]
         device = mm.intermediate_device()
         require_memory(4 * math.prod(shape), device, f"an empty latent for {batch_size} × {seconds:g} s",
                        "lower batch_size or seconds")

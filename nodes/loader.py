@@ -2,16 +2,13 @@
 import os
 from pathlib import Path
 
-import comfy.model_management as mm
 import folder_paths
-import torch
 from comfy_api.latest import io
 
-from ..ace_step.loading.v1_checkpoint import load_ace_step
-from ..ace_step.text.lyrics import LyricTokenizer
-from ..comfy_bridge.models import AceStepClip, AceStepVae, model_patcher
-from .common import CATEGORY, display_name, node_id
+from ..comfy_bridge.models import load_checkpoint
+from ..comfy_bridge.operations import WEIGHT_DTYPES
 from ..comfy_bridge.paths import model_file, model_folder, plain_relative_name
+from .common import CATEGORY, choice, display_name, node_id
 
 ORIGINAL_LAYOUT_MARKER = "ace_step_transformer"
 FOLDER_SUFFIX = "/"
@@ -41,10 +38,6 @@ def resolve_checkpoint(name: str) -> Path:
     return model_file("checkpoints", name)
 
 
-def comfyui_root() -> Path:
-    return Path(folder_paths.__file__).resolve().parent
-
-
 class CheckpointLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -58,17 +51,16 @@ class CheckpointLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("ckpt_name", options=checkpoint_choices(),
                                tooltip="An ACE-Step v1 checkpoint from models/checkpoints/ (folders end with '/')."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
+                               tooltip="The diffusion model's weight precision, as ComfyUI's Load Diffusion Model "
+                                       "offers it: fp8 halves its memory (computation stays in bf16/fp32); "
+                                       "fp8_e4m3fn_fast also multiplies in fp8 on GPUs that can. Optional, so "
+                                       "workflows saved before it existed load as they were."),
             ],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
         )
 
     @classmethod
-    def execute(cls, ckpt_name) -> io.NodeOutput:
-        path = resolve_checkpoint(ckpt_name)
-        dtype = mm.unet_dtype(supported_dtypes=[torch.bfloat16, torch.float32])
-        models = load_ace_step(path, dtype=dtype, device=mm.unet_offload_device())
-        # The text encoder computes in fp32 like ComfyUI's; its weights stay in the checkpoint's precision choice.
-        lyrics = LyricTokenizer(comfyui_root=comfyui_root())
-        clip = AceStepClip(models.text_encoder, models.tokenizer, lyrics)
-        vae = AceStepVae(models.vae)
-        return io.NodeOutput(model_patcher(models.transformer), clip, vae)
+    def execute(cls, ckpt_name, weight_dtype="default") -> io.NodeOutput:
+        choice("weight_dtype", weight_dtype, WEIGHT_DTYPES)
+        return io.NodeOutput(*load_checkpoint(resolve_checkpoint(ckpt_name), weight_dtype))

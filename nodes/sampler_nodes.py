@@ -8,7 +8,8 @@ from ..ace_step.sampling.guidance import CFG_TYPES, double_guidance_active
 from ..ace_step.sampling.schedules import SCHEDULERS
 from ..comfy_bridge import original_sampling as orig
 from .common import CATEGORY, display_name, node_id
-from .latent import MAX_SECONDS, frames_for_seconds
+from ..ace_step.models.v1.latent import frames_for_seconds
+from .latent import MAX_SECONDS
 
 PARTS_CATEGORY = f"{CATEGORY}/original sampling"
 log = logging.getLogger(__name__)

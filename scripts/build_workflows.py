@@ -124,6 +124,7 @@ def to_ui(wf: Workflow) -> dict:
 
 
 REAL_CHECKPOINT = "ace_step_v1_3.5b.safetensors"
+LOADER_WIDGETS = [("ckpt_name", REAL_CHECKPOINT), ("weight_dtype", "default")]
 SONG_TAGS = ("funk, pop, soul, rock, melodic, guitar, drums, bass, keyboard, percussion, 105 BPM, energetic, upbeat, "
              "groovy, vibrant, dynamic")
 SONG_LYRICS = """[verse]
@@ -155,7 +156,7 @@ def _text_to_music(name: str, tags: str, lyrics: str, seconds: float, title: str
     return Workflow(
         name,
         nodes=[
-            Node(1, "AceStudioCheckpointLoader", widgets=[("ckpt_name", REAL_CHECKPOINT)],
+            Node(1, "AceStudioCheckpointLoader", widgets=LOADER_WIDGETS,
                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
             Node(2, "ModelSamplingSD3", widgets=[("shift", 5.0)], inputs=[("model", "MODEL", (1, 0))],
                  outputs=[("MODEL", "MODEL")]),
@@ -201,7 +202,7 @@ def _original_quality() -> Workflow:
     return Workflow(
         "ace_step_original_quality",
         nodes=[
-            Node(1, "AceStudioCheckpointLoader", widgets=[("ckpt_name", REAL_CHECKPOINT)],
+            Node(1, "AceStudioCheckpointLoader", widgets=LOADER_WIDGETS,
                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
             Node(2, "AceStudioTextEncode", widgets=[("tags", SONG_TAGS), ("lyrics", SONG_LYRICS),
                                                      ("lyrics_strength", 1.0)],
@@ -230,7 +231,7 @@ def _original_custom_sampling() -> Workflow:
     return Workflow(
         "ace_step_original_custom_sampling",
         nodes=[
-            Node(1, "AceStudioCheckpointLoader", widgets=[("ckpt_name", REAL_CHECKPOINT)],
+            Node(1, "AceStudioCheckpointLoader", widgets=LOADER_WIDGETS,
                  outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
             Node(2, "AceStudioTextEncode", widgets=[("tags", SONG_TAGS), ("lyrics", SONG_LYRICS),
                                                      ("lyrics_strength", 1.0)],
@@ -292,7 +293,7 @@ def _editing(name: str, title: str, text: str, editor: Node, source: bool = True
     """Checkpoint -> tags + lyrics (and, for an edit, new ones) -> `editor` (node 10), with the example song as its
     source when `source` -> decode -> save."""
     nodes = [
-        Node(1, "AceStudioCheckpointLoader", widgets=[("ckpt_name", REAL_CHECKPOINT)],
+        Node(1, "AceStudioCheckpointLoader", widgets=LOADER_WIDGETS,
              outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
         Node(2, "AceStudioTextEncode", widgets=[("tags", EXAMPLE_TAGS if source else SONG_TAGS),
                                                  ("lyrics", SONG_LYRICS), ("lyrics_strength", 1.0)],

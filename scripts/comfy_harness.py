@@ -60,6 +60,7 @@ class ComfyServer:
     log_path: Path | None = None
     netlog_path: Path | None = None  # every outbound connection attempt is logged here (see netguard/)
     extra_args: tuple[str, ...] = ()
+    env: dict = field(default_factory=dict)  # extra environment variables for the server process
     start_timeout: float = 120.0
     proc: subprocess.Popen | None = None
 
@@ -74,7 +75,7 @@ class ComfyServer:
         if self.base_dir is not None:
             cmd += ["--base-directory", str(prepare_base_directory(self.base_dir))]
         cmd += list(self.extra_args)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         if self.netlog_path is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD_DIR), env.get("PYTHONPATH")]))
             env["ACE_NETGUARD_LOG"] = str(self.netlog_path)

@@ -41,7 +41,7 @@ NATIVE = {
 }
 # The pack's widgets as (name, default), in widget order; the default fills a widget the native node lacks.
 PACK_WIDGETS = {
-    "AceStudioCheckpointLoader": (("ckpt_name", None),),
+    "AceStudioCheckpointLoader": (("ckpt_name", None), ("weight_dtype", "default")),
     "AceStudioEmptyLatentAudio": (("seconds", 120.0), ("batch_size", 1)),
     "AceStudioTextEncode": (("tags", ""), ("lyrics", ""), ("lyrics_strength", 1.0)),
     "AceStudioTonemapReinhard": (("multiplier", 1.0),),

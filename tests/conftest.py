@@ -34,6 +34,9 @@ TINY_CHECKPOINT = "ace_step_v1_tiny_demo.safetensors"
 NATIVE_HOOK = "ace_step_native_parity_hook"
 # Test-only nodes (tests/hostile_nodes): AUDIO and LATENT no file can carry, a short-window VAE, a failing node.
 HOSTILE_NODES = "ace_step_hostile_test_nodes"
+# Test-only custom node (tests/lowvram_hook): a stand-in GPU of a chosen size on the CPU, active only when a server is
+# started with its environment variable.
+LOWVRAM_HOOK = "ace_step_lowvram_hook"
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +63,7 @@ def comfy_server():
     Its base directory is test-output/comfy-base (custom_nodes: the pack, NATIVE_HOOK and HOSTILE_NODES); every
     connection attempt it makes is logged to netlog.jsonl."""
     base = OUTPUT_DIR / "comfy-base"
-    for name, folder in ((NATIVE_HOOK, "native_hook"), (HOSTILE_NODES, "hostile_nodes")):
+    for name, folder in ((NATIVE_HOOK, "native_hook"), (HOSTILE_NODES, "hostile_nodes"), (LOWVRAM_HOOK, "lowvram_hook")):
         link = base / "custom_nodes" / name
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():

@@ -23,3 +23,18 @@ def pack_node_schemas():
     pack = import_pack()
     extension = asyncio.run(pack.comfy_entrypoint())
     return [node.define_schema() for node in asyncio.run(extension.get_node_list())]
+
+
+def comfy_transformer(plain):
+    """The pack's ComfyUI diffusion model (comfy.ops layers, ComfyUI's attention) holding `plain`'s weights, as the
+    loader builds it for a checkpoint."""
+    import comfy.ops
+    import torch
+
+    bridge = import_pack().comfy_bridge
+    with torch.device("meta"):
+        model = bridge.models.ComfyCallableTransformer(plain.config, device="meta",
+                                                       operations=comfy.ops.disable_weight_init,
+                                                       attention=bridge.operations.diffusion_attention)
+    model.load_state_dict(plain.state_dict(), assign=True)
+    return model.eval().requires_grad_(False)

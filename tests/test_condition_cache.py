@@ -5,15 +5,17 @@ import pytest
 import torch
 
 from ace_step.sampling.condition_cache import ConditionCache
-from ace_step.models.v1.transformer import ACEStepTransformer, TransformerConfig
+from ace_step.models.v1.transformer import ACEStepTransformer
+from fixtures.v1_configs import tiny_transformer
 from measure import max_rel_error, report
+from pack_inprocess import comfy_transformer
 
 CACHE_TOL = 1e-6  # observed: bit-identical on CPU; a row computed in a different batch may differ in the last bits
 
 
 def tiny_model(seed: int = 0) -> ACEStepTransformer:
     torch.manual_seed(seed)
-    model = ACEStepTransformer(TransformerConfig.tiny()).eval()
+    model = ACEStepTransformer(tiny_transformer()).eval()
     with torch.no_grad():
         for block in model.transformer_blocks:  # default init leaves the modulation tiny: make every path count
             block.scale_shift_table.normal_(0, 0.5)
@@ -103,8 +105,8 @@ def conditioning(text, lyrics, **extra):
 
 @torch.inference_mode()
 def test_comfy_sampling_encodes_conditions_once_per_run(comfy_models):
-    transformer = tiny_model()
-    patcher = comfy_models.model_patcher(transformer)
+    transformer = comfy_transformer(tiny_model())
+    patcher = comfy_models.model_patcher(transformer, None)
     text, lyrics = conditions(transformer.config, 4)
     positive = conditioning(text, lyrics)
     negative = conditioning(torch.zeros_like(text), torch.zeros_like(lyrics))
@@ -130,8 +132,8 @@ def test_weight_hooks_turn_the_cache_off(comfy_models):
     encodes differently with and without, so a run with hooks must not reuse encodings."""
     import comfy.hooks
 
-    transformer = tiny_model()
-    patcher = comfy_models.model_patcher(transformer)
+    transformer = comfy_transformer(tiny_model())
+    patcher = comfy_models.model_patcher(transformer, None)
     text, lyrics = conditions(transformer.config, 5)
     delta = torch.randn(transformer.genre_embedder.weight.shape, generator=torch.Generator().manual_seed(6))
     hooks = comfy.hooks.create_hook_lora({"diffusion_model.genre_embedder.diff": delta}, 1.0, 1.0)

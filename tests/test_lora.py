@@ -9,23 +9,24 @@ import torch
 from safetensors.torch import load_file
 
 from ace_step.loading.lora import DEFAULT_TARGETS, LoraFile, LoraScaling, load_lora, parse_lora, read_lora_file
-from ace_step.loading.safetensors_file import (
+from ace_step.loading.errors import (
     CheckpointError,
     CheckpointMismatchError,
     CorruptCheckpointError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
     WrongModelError,
-    save_safetensors,
 )
-from ace_step.models.v1.transformer import ACEStepTransformer, TransformerConfig
+from ace_step.loading.safetensors_io import save_safetensors
+from ace_step.models.v1.transformer import ACEStepTransformer
 from comfy_harness import run_prompt
 from fixtures.lora import make_test_lora, merge_lora, target_modules, unmerge_lora, unmerged_lora, write_test_lora
+from fixtures.v1_configs import tiny_transformer
 from measure import OUTPUT_DIR, max_rel_error, report
-from pack_inprocess import import_pack
+from pack_inprocess import comfy_transformer, import_pack
 from workflow_prompts import ROOT, TINY_LORA, prepare
 
-CONFIG = TransformerConfig.tiny()
+CONFIG = tiny_transformer()
 CONV_TARGETS = DEFAULT_TARGETS + ("inverted_conv.conv", "point_conv.conv")  # 1x1 convs: LoRA on Conv1d weights
 
 
@@ -224,7 +225,7 @@ def _patched(comfy, base_state, stack):
     comfy_models, lora_nodes = comfy
     model = _transformer()
     model.load_state_dict(base_state)
-    patcher = comfy_models.model_patcher(model)
+    patcher = comfy_models.model_patcher(comfy_transformer(model), None)
     for lora, strength in stack:
         patcher = lora_nodes.add_lora(patcher, lora, strength)
     patcher.patch_model()
@@ -240,9 +241,13 @@ def _comfy_run(patcher, inputs):
 def test_strength_zero_is_the_base_exactly(comfy, base_state, inputs, loras):
     lora = load_lora(loras["peft_rslora"], base_state)
     base = _transformer()
-    reference = _run(base, inputs)
     merge_lora(base, lora, 0.0)
     assert all(torch.equal(v, base_state[k]) for k, v in base.state_dict().items())
+    plain = _patched(comfy, base_state, [])
+    try:
+        reference = _comfy_run(plain, inputs)
+    finally:
+        plain.unpatch_model()
     patcher = _patched(comfy, base_state, [(lora, 0.0)])
     try:
         weights = patcher.model.diffusion_model.state_dict()

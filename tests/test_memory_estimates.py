@@ -15,8 +15,9 @@ import torch
 from measure import report
 from pack_inprocess import PACKAGE, import_pack
 
-from ace_step.models.v1.transformer import ACEStepTransformer, TransformerConfig
-from ace_step.models.v1.umt5 import UMT5Config, UMT5Encoder
+from ace_step.models.v1.transformer import ACEStepTransformer
+from ace_step.models.v1.umt5 import UMT5Encoder
+from fixtures.v1_configs import tiny_transformer, tiny_umt5
 
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -53,7 +54,7 @@ needs_proc = pytest.mark.skipif(not CLEAR_REFS.exists(), reason="needs Linux /pr
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return ACEStepTransformer(TransformerConfig.tiny()).eval(), UMT5Encoder(UMT5Config.tiny()).eval()
+    return ACEStepTransformer(tiny_transformer()).eval(), UMT5Encoder(tiny_umt5()).eval()
 
 
 def _within(name: str, estimate: int, peak: int):
@@ -118,7 +119,7 @@ def test_empty_latent_refused_before_allocating(little_memory):
 
 def test_sampling_refused_before_allocating(little_memory, tiny):
     comfy_models, memory = little_memory("comfy_bridge.models"), little_memory("comfy_bridge.memory")
-    model = ACEStepTransformer(TransformerConfig.tiny())
+    model = ACEStepTransformer(tiny_transformer())
     model.__class__ = comfy_models.ComfyCallableTransformer
     x = torch.zeros(1, 1, 1, 1).expand(64, 8, 16, 10766)  # a whole batch of 1000 s songs, as a free view
     text, t = torch.zeros(64, 20, model.config.text_embedding_dim), torch.full((64,), 500.0)

@@ -15,6 +15,9 @@ from ace_step.models.v1 import dcae, music_vae, vocoder
 from ace_step.models.v1.dcae import DCAE, DCAEConfig
 from ace_step.models.v1.music_vae import MusicVAE, MusicVAEConfig
 from ace_step.models.v1.vocoder import Vocoder, VocoderConfig
+from ace_step.loading import weight_norm
+from ace_step.models.v1.latent import SAMPLES_PER_FRAME
+from fixtures.v1_configs import tiny_dcae, tiny_music_vae, tiny_vocoder
 from comfy_inprocess import import_comfy
 from measure import max_rel_error, report
 from reference import DATA_DIR
@@ -88,7 +91,7 @@ def _paired_vocoders(comfy, config: VocoderConfig, seed: int = 1):
     unused = vocoder.unused_checkpoint_shapes(config)
     assert set(unused) <= set(file_sd)
     ours = Vocoder(config).eval()
-    ours.load_state_dict(vocoder.fuse_weight_norm({k: v for k, v in file_sd.items() if k not in unused}))
+    ours.load_state_dict(weight_norm.fuse_state_dict({k: v for k, v in file_sd.items() if k not in unused}))
     return ours, theirs, file_sd
 
 
@@ -131,8 +134,8 @@ def test_music_vae_layout_and_from_shapes():
     assert len(module) == len(file_shapes) - len(unused) - 177  # 177 weight-normed convs: g and v → one weight
     params = sum(p.numel() for p in model.dcae.parameters())
     assert params == 156_812_426
-    for cfg_cls, mod_cls in ((DCAEConfig, DCAE), (VocoderConfig, Vocoder), (MusicVAEConfig, MusicVAE)):
-        tiny = cfg_cls.tiny()
+    for cfg_cls, mod_cls, tiny in ((DCAEConfig, DCAE, tiny_dcae()), (VocoderConfig, Vocoder, tiny_vocoder()),
+                                   (MusicVAEConfig, MusicVAE, tiny_music_vae())):
         m = mod_cls(tiny)
         assert cfg_cls.from_shapes({k: tuple(v.shape) for k, v in m.state_dict().items()}) == tiny
         assert sum(p.numel() for p in m.parameters()) * 4 < 5e6  # < 5 MB of fp32 weights
@@ -142,18 +145,18 @@ def test_music_vae_layout_and_from_shapes():
 
 
 def test_weight_norm_variants_fuse_identically(comfy):
-    config = VocoderConfig.tiny()
+    config = tiny_vocoder()
     _, _, file_sd = _paired_vocoders(comfy, config)
     modern = {k: v for k, v in file_sd.items() if "parametrizations" in k}
     assert modern, "ComfyUI's vocoder should use parametrizations.weight.original0/1"
     legacy = {k.replace(".parametrizations.weight.original0", ".weight_g")
                .replace(".parametrizations.weight.original1", ".weight_v"): v for k, v in file_sd.items()}
     unused = vocoder.unused_checkpoint_shapes(config)
-    a = {k: v for k, v in vocoder.fuse_weight_norm(file_sd).items() if k not in unused}
-    b = {k: v for k, v in vocoder.fuse_weight_norm(legacy).items() if k not in unused}
+    a = {k: v for k, v in weight_norm.fuse_state_dict(file_sd).items() if k not in unused}
+    b = {k: v for k, v in weight_norm.fuse_state_dict(legacy).items() if k not in unused}
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert vocoder.fuse_weight_norm(a).keys() == a.keys()  # already fused passes through
+    assert weight_norm.fuse_state_dict(a).keys() == a.keys()  # already fused passes through
     # ComfyUI's own parametrization computes the same weights.
     theirs = comfy.vocoder.ADaMoSHiFiGANV1(**_comfy_vocoder_kwargs(config))
     theirs.load_state_dict(file_sd)
@@ -163,10 +166,10 @@ def test_weight_norm_variants_fuse_identically(comfy):
     assert err < 1e-6
     # split → fuse round trip, in both file layouts
     for variant in ("weight_norm", "parametrizations"):
-        split = vocoder.split_weight_norm(a, config, variant)
+        split = weight_norm.split_state_dict(a, vocoder.weight_norm_keys(config), variant)
         assert {k: tuple(v.shape) for k, v in split.items()} == {
             k: v for k, v in vocoder.checkpoint_shapes(config, variant).items() if k not in unused}
-        again = vocoder.fuse_weight_norm(split)
+        again = weight_norm.fuse_state_dict(split)
         assert max(max_rel_error(again[k], a[k]) for k in a) < 1e-6
 
 
@@ -239,7 +242,7 @@ def test_log_mel_matches_comfy(comfy):
 
 
 def test_dcae_matches_comfy(comfy):
-    config = DCAEConfig.tiny()
+    config = tiny_dcae()
     ours = DCAE(config).eval()
     _randomize(ours, 0)
     theirs = comfy.dc.AutoencoderDC(**_comfy_dcae_kwargs(config)).eval()
@@ -258,7 +261,7 @@ def test_dcae_matches_comfy(comfy):
 
 
 def test_vocoder_matches_comfy(comfy):
-    ours, theirs, _ = _paired_vocoders(comfy, VocoderConfig.tiny())
+    ours, theirs, _ = _paired_vocoders(comfy, tiny_vocoder())
     gen = torch.Generator().manual_seed(9)
     mel = torch.randn(2, 128, 24, generator=gen) * 2 - 4
     with torch.no_grad():
@@ -289,7 +292,7 @@ def test_time_tiled_networks_match_comfy(comfy):
     """The DCAE's and the vocoder's time tiles (`ace_step.time_tiles`), forced down to 1-6 columns per tile so every
     seam and both signal ends are exercised, still match ComfyUI's untiled classes, and equal our untiled path (the
     reference order of operations) up to float rounding."""
-    config = DCAEConfig.tiny()
+    config = tiny_dcae()
     ours = DCAE(config).eval()
     _randomize(ours, 0)
     theirs = comfy.dc.AutoencoderDC(**_comfy_dcae_kwargs(config)).eval()
@@ -305,7 +308,7 @@ def test_time_tiled_networks_match_comfy(comfy):
     _check_time_tiles("DCAE decoder", ours.decoder, lambda: ours.decode(z), ref_mel,
                       {"1 column": 2048, "3 columns": 6144})
 
-    ours_v, theirs_v, _ = _paired_vocoders(comfy, VocoderConfig.tiny())
+    ours_v, theirs_v, _ = _paired_vocoders(comfy, tiny_vocoder())
     mel = torch.randn(2, 128, 29, generator=torch.Generator().manual_seed(8)) * 2 - 4
     with torch.no_grad():
         ref_wave = theirs_v.decode(mel)
@@ -351,7 +354,7 @@ def test_map_time_tiles_equals_the_whole_signal():
 
 def test_music_vae_matches_comfy_wrapper(comfy):
     """End to end: our MusicVAE vs ComfyUI's MusicDCAE wrapper (including its torchaudio resampling)."""
-    config = MusicVAEConfig.tiny()
+    config = tiny_music_vae()
     ours = MusicVAE(config).eval()
     _randomize(ours.dcae, 11)
     theirs = comfy.pipeline.MusicDCAE(source_sample_rate=44100, dcae_config=_comfy_dcae_kwargs(config.dcae),
@@ -359,7 +362,7 @@ def test_music_vae_matches_comfy_wrapper(comfy):
     _randomize(theirs.vocoder, 12)
     theirs.dcae.load_state_dict(ours.dcae.state_dict())
     file_sd = theirs.vocoder.state_dict()
-    ours.vocoder.load_state_dict(vocoder.fuse_weight_norm(
+    ours.vocoder.load_state_dict(weight_norm.fuse_state_dict(
         {k: v for k, v in file_sd.items() if k not in vocoder.unused_checkpoint_shapes(config.vocoder)}))
     gen = torch.Generator().manual_seed(13)
     audio = 0.3 * torch.randn(1, 2, 48000 // 2, generator=gen)  # 0.5 s at 48 kHz, not a whole number of frames
@@ -381,7 +384,7 @@ def test_music_vae_matches_comfy_wrapper(comfy):
 
 
 def _tiny_vae(seed: int, attention: bool = True) -> MusicVAE:
-    config = MusicVAEConfig.tiny()
+    config = tiny_music_vae()
     if not attention:
         # Same family without the global attention level and with one block per level: a short, finite receptive
         # field (about 10 latent frames end to end), so 12 frames of context make chunking exact.
@@ -397,7 +400,7 @@ def _tiny_vae(seed: int, attention: bool = True) -> MusicVAE:
 
 def test_round_trip_shapes_and_padding():
     model = _tiny_vae(21)
-    assert model.samples_per_frame == music_vae.SAMPLES_PER_LATENT_FRAME == 4096
+    assert model.samples_per_frame == SAMPLES_PER_FRAME == 4096
     gen = torch.Generator().manual_seed(22)
     audio = 0.3 * torch.randn(2, 2, 4096 * 3 + 17, generator=gen)
     latent = model.encode(audio)
@@ -463,8 +466,8 @@ def test_meta_build_then_load_file_layout():
     config = ref.config
     module_sd = ref.state_dict()
     file_sd = {f"dcae.{k[5:]}": v for k, v in module_sd.items() if k.startswith("dcae.")}
-    vocoder_sd = vocoder.split_weight_norm({k[8:]: v for k, v in module_sd.items() if k.startswith("vocoder.")},
-                                           config.vocoder, "weight_norm")
+    vocoder_sd = weight_norm.split_state_dict({k[8:]: v for k, v in module_sd.items() if k.startswith("vocoder.")},
+                                              vocoder.weight_norm_keys(config.vocoder), "weight_norm")
     vocoder_sd["mel_transform.mel_scale.fb"] = audio_dsp.mel_filterbank()
     vocoder_sd["mel_transform.spectrogram.window"] = torch.hann_window(2048)
     file_sd.update({f"vocoder.{k}": v for k, v in vocoder_sd.items()})
@@ -472,7 +475,9 @@ def test_meta_build_then_load_file_layout():
     assert MusicVAEConfig.from_shapes({k: tuple(v.shape) for k, v in file_sd.items()}) == config
     with torch.device("meta"):
         model = MusicVAE(config)
-    model.load_state_dict(music_vae.to_module_state_dict(file_sd, config), strict=True, assign=True)
+    unused = music_vae.unused_checkpoint_shapes(config)
+    model.load_state_dict(weight_norm.fuse_state_dict({k: v for k, v in file_sd.items() if k not in unused}),
+                          strict=True, assign=True)
     model.eval()
     gen = torch.Generator().manual_seed(52)
     audio = 0.3 * torch.randn(1, 2, 4096 * 2, generator=gen)

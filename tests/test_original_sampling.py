@@ -16,8 +16,8 @@ import torch
 from ace_step.sampling import erg, flow_steps, schedules
 from ace_step.sampling.guidance import GuidanceSchedule, Guider
 from ace_step.models.v1.umt5 import encode_token_weights, erg_tag_q_scale
+from fixtures.erg_hooks import umt5_q_modules
 from comfy_harness import run_prompt
-from comfy_inprocess import comfyui_path
 from measure import OUTPUT_DIR, report
 from pack_inprocess import PACKAGE, import_pack
 from workflow_prompts import ROOT, prepare
@@ -39,16 +39,10 @@ def pack_module(name: str):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from ace_step.loading.v1_checkpoint import load_ace_step
-    from ace_step.text.lyrics import LyricTokenizer
     from fixtures.tiny_checkpoint import write_tiny_checkpoint
 
-    comfy_models = pack_module("comfy_bridge.models")
-    models = load_ace_step(write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors"),
-                           dtype=torch.float32)
-    model = comfy_models.model_patcher(models.transformer)
-    clip = comfy_models.AceStepClip(models.text_encoder, models.tokenizer,
-                                    LyricTokenizer(comfyui_root=comfyui_path()))
+    model, clip, _ = pack_module("comfy_bridge.models").load_checkpoint(
+        write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.safetensors"))
     positive = pack_module("nodes.text").TextEncode.execute(clip, TAGS, LYRICS, 1.0).result[0]
     return SimpleNamespace(model=model, clip=clip, positive=positive, tokens=clip.tokenize(TAGS, lyrics=LYRICS),
                            dm=model.model.diffusion_model, nodes=pack_module("nodes.sampler_nodes"),
@@ -80,7 +74,7 @@ def decode_calls(tiny, monkeypatch):
 # ------------------------------------------------------------------------------------------------ the loop
 def by_hand(t, seeds, steps, scheduler, cfg_type, scale, omega, interval=0.5, decay=0.0, min_scale=3.0,
             scale_text=0.0, scale_lyric=0.0):
-    """The original text2music loop (reference doc §2.3-2.5) composed directly from the ace_step building blocks,
+    """The original text2music loop (ace-step/ACE-Step `acestep/pipeline_ace_step.py`) composed directly from the ace_step building blocks,
     with ERG on tags, lyrics and diffusion."""
     dm, te = t.dm, t.clip.text_encoder
     text = encode_token_weights(te, t.tokens["umt5base"])
@@ -151,7 +145,7 @@ def test_erg_conditions_differ_exactly_where_they_should(tiny):
     text, extras = tiny.positive[0]
     erg_text = extras[orig.ERG_TEXT_KEY]
     # Tag ERG = UMT5 with the original's forward hooks on the chosen query projections (here: a q_scale argument).
-    with erg.scaled_outputs(te, erg.umt5_modules(te.config.num_layers)):
+    with erg.scaled_outputs(te, umt5_q_modules(te.config.num_layers)):
         hooked = encode_token_weights(te, tiny.tokens["umt5base"])
     assert torch.allclose(erg_text, hooked, rtol=0, atol=1e-6)
     assert (erg_text - text).abs().max() > 1e-2
@@ -159,7 +153,7 @@ def test_erg_conditions_differ_exactly_where_they_should(tiny):
     n, lyric_len = text.shape[1], len(tiny.tokens["lyrics"])
 
     def encoded(conditioning):
-        cond, mask = orig.encode_conditioning(dm, conditioning, 1)
+        cond, mask = orig.encode_conditioning(dm, conditioning, 1, torch.device("cpu"))
         assert mask is None and cond.shape[1] == 1 + n + lyric_len
         return cond[0].detach()
 
@@ -326,7 +320,7 @@ def test_weight_patches_on_the_model_apply(tiny):
     baked = copy.deepcopy(tiny.dm)
     with torch.no_grad():
         baked.get_parameter(key.split(".", 1)[1]).add_(delta)
-    expected, _ = run_node(tiny, model=pack_module("comfy_bridge.models").model_patcher(baked), steps=3)
+    expected, _ = run_node(tiny, model=pack_module("comfy_bridge.models").model_patcher(baked, None), steps=3)
     assert torch.equal(lora, expected) and torch.equal(plain, again)
     assert (lora - plain).abs().max() > 1e-3
 

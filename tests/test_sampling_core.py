@@ -1,5 +1,5 @@
 """The original ACE-Step v1 sampling algorithms (ace_step/schedules, guidance, flow_steps, editing, erg) against the
-golden schedules of the original classes and against the reference doc's formulas (§2), written out here
+golden schedules of the original classes and against the original's formulas (ace-step/ACE-Step `acestep/`), written out here
 independently in numpy / float64."""
 import json
 import math
@@ -11,9 +11,11 @@ import torch
 from ace_step.sampling import editing, erg, flow_steps, schedules
 from ace_step.sampling.guidance import (GuidanceSchedule, Guider, MomentumBuffer, apg, cfg, cfg_star, double_condition,
                                double_guidance_active)
-from ace_step.models.v1.lyric_encoder import LyricEncoderConfig
 from ace_step.models.v1.transformer import ACEStepTransformer, TransformerConfig
 from ace_step.models.v1.umt5 import UMT5Config, UMT5Encoder, erg_tag_q_scale
+from ace_step.models.v1.latent import frames_for_seconds
+from fixtures.v1_configs import tiny_lyric_encoder, tiny_transformer, tiny_umt5
+from fixtures.erg_hooks import umt5_q_modules
 from measure import report
 from reference import REFERENCE_DIR
 
@@ -104,7 +106,7 @@ def test_audio2audio_schedule_mismatch_is_kept():
 
 # ------------------------------------------------------------------------------------------------ guidance
 def np_apg(cond, uncond, scale, running=None, momentum=-0.75, threshold=2.5):
-    """APG from the reference doc §2.3, float64, on [B, C, H, W] arrays. Returns (guided, new running average)."""
+    """APG as `acestep/apg_guidance.py` writes it, float64, on [B, C, H, W] arrays. Returns (guided, new running average)."""
     d = cond - uncond
     if running is not None:
         d = d + momentum * running
@@ -380,8 +382,8 @@ def test_repaint_keeps_unmasked_region_exactly(dtype):
 def test_extend_plan():
     g = torch.Generator().manual_seed(10)
     src, eps, eps2 = (torch.randn(1, 2, 3, 10, generator=g) for _ in range(3))
-    assert editing.seconds_to_frames(240) == editing.MAX_FRAMES == 2583
-    assert editing.seconds_to_frames(-1.0) == -10  # int() truncates toward zero, as the original
+    assert frames_for_seconds(240) == editing.MAX_FRAMES == 2583
+    assert frames_for_seconds(-1.0) == -10  # int() truncates toward zero, as the original
 
     p = editing.extend_plan(src, eps, eps2, 3, 2)  # both sides, fits
     assert torch.equal(p.x0, torch.cat([torch.zeros(1, 2, 3, 3), src, torch.zeros(1, 2, 3, 2)], dim=-1))
@@ -470,7 +472,7 @@ def assert_only_named_scaled(seen: dict, names: list, scale: float):
 
 
 def test_erg_module_lists_and_relative_depth():
-    assert erg.umt5_modules(12) == [f"transformer.encoder.block.{i}.layer.0.SelfAttention.q" for i in (8, 9)]
+    assert umt5_q_modules(12) == [f"transformer.encoder.block.{i}.layer.0.SelfAttention.q" for i in (8, 9)]
     assert erg.lyric_modules(6) == [f"lyric_encoder.encoders.{i}.self_attn.linear_q" for i in (4, 5)]
     assert erg.diffusion_modules(24) == [f"transformer_blocks.{i}.{a}.to_q" for i in range(15, 20)
                                          for a in ("attn", "cross_attn")]
@@ -482,16 +484,16 @@ def test_erg_module_lists_and_relative_depth():
         text = UMT5Encoder(UMT5Config.full_size())
     for name in erg.lyric_modules(6) + erg.diffusion_modules(24):
         assert isinstance(big.get_submodule(name), torch.nn.Linear)
-    for name in erg.umt5_modules(12):
+    for name in umt5_q_modules(12):
         assert isinstance(text.get_submodule(name), torch.nn.Linear)
 
 
 @torch.no_grad()
 def test_erg_hooks_on_tiny_transformer():
     torch.manual_seed(0)
-    cfg = TransformerConfig.tiny()
+    cfg = tiny_transformer()
     model = ACEStepTransformer(cfg).eval()
-    assert cfg.lyric_encoder_config == LyricEncoderConfig.tiny()
+    assert cfg.lyric_encoder_config == tiny_lyric_encoder()
     g = torch.Generator().manual_seed(12)
     text = torch.randn(1, 5, cfg.text_embedding_dim, generator=g)
     lyrics = torch.randint(0, cfg.lyric_vocab_size, (1, 7), generator=g)
@@ -534,9 +536,9 @@ def test_erg_hooks_on_tiny_transformer():
 @torch.no_grad()
 def test_erg_hooks_on_tiny_umt5_equal_q_scale():
     torch.manual_seed(0)
-    model = UMT5Encoder(UMT5Config.tiny()).eval()
+    model = UMT5Encoder(tiny_umt5()).eval()
     ids = torch.randint(3, 512, (1, 11), generator=torch.Generator().manual_seed(13))
-    names = erg.umt5_modules(model.config.num_layers)
+    names = umt5_q_modules(model.config.num_layers)
     assert names == ["transformer.encoder.block.1.layer.0.SelfAttention.q"]
     seen = {}
     with erg.scaled_outputs(model, names):

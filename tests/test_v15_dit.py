@@ -18,7 +18,7 @@ from ace_step.models.v15.dit import DiTConfig
 from ace_step.models.v15.layers import rope_tables
 from ace_step.models.v15.model import PAD_AUDIO_CODE, AceStep15, AceStep15Config
 from fixtures.v15_configs import dit_decoder_layout, golden_dit_config, real_dit_layouts
-from fixtures.v15_recording import counting_attention, plain_weighted_modules, recording_operations
+from fixtures.recording_operations import counting_attention, plain_weighted_modules, recording_operations
 from measure import report
 from reference import DATA_DIR
 

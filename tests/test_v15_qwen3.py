@@ -9,7 +9,7 @@ import transformers
 from ace_step.models.v15.qwen3 import FULL_SIZES, KVCache, Qwen3CausalLM, Qwen3Config, Qwen3Model, \
     audio_code_ids, default_positions
 from fixtures.v15_configs import tiny_qwen3
-from fixtures.v15_recording import counting_attention, plain_weighted_modules, recording_operations
+from fixtures.recording_operations import counting_attention, plain_weighted_modules, recording_operations
 from measure import report as record
 
 REL_TOL = 1e-5

@@ -34,7 +34,8 @@ def song(kind: str, pack: bool) -> Workflow:
     latent = (17, 0) if kind == "t2a" else (68, 0)
     nodes = [
         Node(40, t("CheckpointLoaderSimple", "AceStudioCheckpointLoader"),
-             widgets=[("ckpt_name", "ace_step_v1_3.5b.safetensors")], outputs=MCV),
+             widgets=[("ckpt_name", "ace_step_v1_3.5b.safetensors")] + ([("weight_dtype", "default")] if pack else []),
+             outputs=MCV),
         Node(14, t("TextEncodeAceStepAudio", "AceStudioTextEncode"),
              widgets=[("tags", TAGS), ("lyrics", LYRICS), ("lyrics_strength", 0.99)],
              inputs=[("clip", "CLIP", (40, 1))], outputs=[("CONDITIONING", "CONDITIONING")]),
@@ -189,7 +190,8 @@ def test_tables_match_the_servers_nodes(comfy_server):
         assert (info[native]["display_name"] or native) == spec.display_name, native
     for pack, widgets in wc.PACK_WIDGETS.items():
         # A text widget without a default starts empty in the frontend.
-        defaults = [(name, opts.get("default", "" if info[pack]["input"]["required"][name][0] == "STRING" else None))
+        inputs = {**info[pack]["input"]["required"], **info[pack]["input"].get("optional", {})}
+        defaults = [(name, opts.get("default", "" if inputs[name][0] == "STRING" else None))
                     for name, opts in widget_inputs(info[pack])]
         assert defaults == list(widgets), pack
     for native, pack in wc.RENAMED.items():

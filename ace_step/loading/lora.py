@@ -41,14 +41,10 @@ import torch
 from torch import nn
 
 from ..models.v1.transformer import TransformerConfig, unused_checkpoint_shapes
-from .v1_checkpoint import _listing, describe_foreign
-from .safetensors_file import (
-    CheckpointMismatchError,
-    CorruptCheckpointError,
-    SafetensorsFile,
-    UnsupportedCheckpointError,
-    WrongModelError,
-)
+from .errors import CheckpointMismatchError, CorruptCheckpointError, UnsupportedCheckpointError, WrongModelError
+from .foreign import describe_foreign
+from .safetensors_io import SafetensorsFile
+from .state_loading import listing
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +225,7 @@ def parse_lora(file: LoraFile, model: ModelLike, scaling: LoraScaling = LoraScal
         found = [k for k in tensors if re.search(pattern, k)]
         if found:
             raise UnsupportedCheckpointError(
-                path, f"this is a {kind} adapter ({_listing(found, 3)}); only plain LoRA is supported here.",
+                path, f"this is a {kind} adapter ({listing(found, 3)}); only plain LoRA is supported here.",
                 "ComfyUI's core 'Load LoRA' node applies other adapter kinds to this MODEL too.")
 
     groups: dict[str, dict[str, str]] = {}
@@ -243,7 +239,7 @@ def parse_lora(file: LoraFile, model: ModelLike, scaling: LoraScaling = LoraScal
     if not any("down" in g or "up" in g for g in groups.values()):
         what = describe_foreign(tensors)
         what = what if what and "LoRA" not in what else "it holds no LoRA tensors (lora_A/lora_B or lora_down/lora_up)"
-        raise WrongModelError(path, f"is not a LoRA: {what} (first keys: {_listing(list(tensors), 3)}).",
+        raise WrongModelError(path, f"is not a LoRA: {what} (first keys: {listing(list(tensors), 3)}).",
                               "Put LoRAs in models/loras/ and checkpoints in models/checkpoints/.")
 
     modules = {k[: -len(".weight")] for k in shapes if k.endswith(".weight") and len(shapes[k]) >= 2}
@@ -263,26 +259,26 @@ def parse_lora(file: LoraFile, model: ModelLike, scaling: LoraScaling = LoraScal
             (ignored if lost else unknown).append(lost or spelling)
             continue
         if name in named:
-            raise CheckpointMismatchError(path, f"module {name!r} appears twice ({_listing(group.values())} and "
-                                                f"{_listing(named[name].values())}).", "Keep one spelling of it.")
+            raise CheckpointMismatchError(path, f"module {name!r} appears twice ({listing(group.values())} and "
+                                                f"{listing(named[name].values())}).", "Keep one spelling of it.")
         named[name] = group
     family = _other_model(unknown)
     if family:
         raise WrongModelError(path, f"this LoRA is for {family}, not ACE-Step v1 (modules such as "
-                                    f"{_listing(unknown, 3)}).", _FOR_ACE)
+                                    f"{listing(unknown, 3)}).", _FOR_ACE)
     if unknown and not named:
         raise WrongModelError(path, f"none of this LoRA's {len(unknown)} target modules is a layer of ACE-Step v1's "
-                                    f"transformer (e.g. {_listing(unknown, 3)}): it is for another model.", _FOR_ACE)
+                                    f"transformer (e.g. {listing(unknown, 3)}): it is for another model.", _FOR_ACE)
     if unknown:
         raise CheckpointMismatchError(
-            path, f"{len(unknown)} target modules are not layers of ACE-Step v1's transformer: {_listing(unknown)}.",
+            path, f"{len(unknown)} target modules are not layers of ACE-Step v1's transformer: {listing(unknown)}.",
             "The LoRA was made for another model or a changed architecture; use one made for ACE-Step v1 3.5B.")
     if strays:
-        raise CheckpointMismatchError(path, f"tensors that belong to no LoRA pair: {_listing(strays)}.",
+        raise CheckpointMismatchError(path, f"tensors that belong to no LoRA pair: {listing(strays)}.",
                                       "Remove them, or use the file as its trainer saved it.")
     if ignored:
         log.info("%s: %d LoRA modules sit on layers ACE-Step v1 never runs and are skipped: %s",
-                 path, len(ignored), _listing(ignored, 3))
+                 path, len(ignored), listing(ignored, 3))
 
     config = _config(file, scaling)
     weights, sources = {}, set()

@@ -19,6 +19,7 @@ Contract every network follows:
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -38,6 +39,63 @@ class TorchOps:
     LayerNorm = nn.LayerNorm
     RMSNorm = nn.RMSNorm
     Embedding = nn.Embedding
+
+
+class _CastToInput:
+    """Casts a layer's weight and bias to the input's dtype and device at call time (ComfyUI's manual cast)."""
+
+    def _cast(self, x: torch.Tensor):
+        bias = None if getattr(self, "bias", None) is None else self.bias.to(device=x.device, dtype=x.dtype)
+        return self.weight.to(device=x.device, dtype=x.dtype), bias
+
+
+class ManualCastOps(TorchOps):
+    """Plain torch layers that compute in the input's dtype whatever the weights' dtype (bf16 or fp8 storage, fp32
+    compute), as `comfy.ops.manual_cast` does; for running the core without ComfyUI."""
+
+    class Linear(_CastToInput, nn.Linear):
+        def forward(self, x):
+            return F.linear(x, *self._cast(x))
+
+    class Conv1d(_CastToInput, nn.Conv1d):
+        def forward(self, x):
+            return self._conv_forward(x, *self._cast(x))
+
+    class Conv2d(_CastToInput, nn.Conv2d):
+        def forward(self, x):
+            return self._conv_forward(x, *self._cast(x))
+
+    class ConvTranspose1d(_CastToInput, nn.ConvTranspose1d):
+        def forward(self, x):
+            weight, bias = self._cast(x)
+            return F.conv_transpose1d(x, weight, bias, self.stride, self.padding, self.output_padding, self.groups,
+                                      self.dilation)
+
+    class GroupNorm(_CastToInput, nn.GroupNorm):
+        def forward(self, x):
+            return F.group_norm(x, self.num_groups, *self._cast(x), self.eps)
+
+    class LayerNorm(_CastToInput, nn.LayerNorm):
+        def forward(self, x):
+            weight, bias = self._cast(x) if self.weight is not None else (None, None)
+            return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
+
+    class RMSNorm(_CastToInput, nn.RMSNorm):
+        def forward(self, x):
+            weight = self._cast(x)[0] if self.weight is not None else None
+            return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+    class Embedding(nn.Embedding):
+        """Looks rows up in the stored dtype (the caller casts the result, as with ComfyUI's Embedding)."""
+
+
+@functools.lru_cache(maxsize=None)
+def with_conv_forward(conv_class: type, conv_forward, name: str) -> type:
+    """`conv_class` (a Conv1d/Conv2d of some `operations`) computing its output with `conv_forward(self, input,
+    weight, bias)`. Torch's and ComfyUI's conv layers all end in `_conv_forward(input, weight, bias)` with the weight
+    already cast and patched, so a different algorithm for the same convolution (a pointwise conv as a matrix
+    product, a sub-pixel upsampling conv) keeps offloading and weight patches working."""
+    return type(name, (conv_class,), {"_conv_forward": conv_forward, "__module__": conv_forward.__module__})
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, mask: Optional[torch.Tensor] = None,

@@ -50,8 +50,8 @@ class ConditionCache:
     def __init__(self):
         self._rows: list[_Row] = []
 
-    def lookup(self, model, text_hidden: torch.Tensor, lyric_ids: torch.Tensor,
-               lyrics_strength: float = 1.0) -> tuple[torch.Tensor, _StackedKV]:
+    def lookup(self, model, text_hidden: torch.Tensor, lyric_ids: torch.Tensor, lyrics_strength: float = 1.0,
+               transformer_options: dict | None = None) -> tuple[torch.Tensor, _StackedKV]:
         """(cond [B, S, hidden], per-block keys/values) for a step's text_hidden [B, N, text_dim], lyric_ids [B, L]
         and (one, as ComfyUI sends) lyrics_strength, to pass to `model.decode(x, t, cond, cross_kv=...)`."""
         rows, new = [], []
@@ -65,7 +65,8 @@ class ConditionCache:
         if new:
             cond, _ = model.encode_condition(torch.stack([r.text_hidden for r in new]),
                                              torch.stack([r.lyric_ids for r in new]),
-                                             lyrics_strength=lyrics_strength)
+                                             lyrics_strength=lyrics_strength,
+                                             transformer_options=transformer_options)
             kv = model.cross_attention_kv(cond)
             for j, row in enumerate(new):
                 row.cond, row.kv = cond[j], [(k[j], v[j]) for k, v in kv]

@@ -1,4 +1,4 @@
-"""The original ACE-Step v1 editing algorithms (reference doc §2.6–§2.9): retake noise mixing, repaint and extend
+"""The original ACE-Step v1 editing algorithms (ace-step/ACE-Step `acestep/pipeline_ace_step.py`: retake, repaint, extend and edit): retake noise mixing, repaint and extend
 (masked Euler sampling that re-noises the kept region from the source every step) and FlowEdit.
 
 Pure functions over latents [B, 8, 16, W] and velocity callables (see `flow_steps.Velocity`); the callers draw
@@ -14,15 +14,10 @@ from typing import Callable
 import torch
 
 from .flow_steps import Velocity, as_sigma, euler_step, model_timestep, pingpong_step
-from ..models.v1.music_vae import SAMPLE_RATE, SAMPLES_PER_LATENT_FRAME
+from ..models.v1.latent import TRAINED_SECONDS, frames_for_seconds
 from .schedules import NUM_TRAIN_TIMESTEPS
 
-MAX_FRAMES = int(240 * SAMPLE_RATE / SAMPLES_PER_LATENT_FRAME)  # 2583: the original's 240 s limit for extend
-
-
-def seconds_to_frames(seconds: float) -> int:
-    """Latent frame index of a time, truncated toward zero as the original does (int(s·44100/4096))."""
-    return int(seconds * SAMPLE_RATE / SAMPLES_PER_LATENT_FRAME)
+MAX_FRAMES = frames_for_seconds(TRAINED_SECONDS)  # 2583: the original's 240 s limit for extend
 
 
 def retake_noise(noise: torch.Tensor, retake: torch.Tensor, variance: float,
@@ -110,7 +105,7 @@ class ExtendPlan:
 
 def extend_plan(src: torch.Tensor, noise: torch.Tensor, retake: torch.Tensor, left_frames: int, right_frames: int,
                 max_frames: int = MAX_FRAMES) -> ExtendPlan:
-    """The original's extend set-up (reference doc §2.8), with its bugs fixed.
+    """The original's extend set-up (ace-step/ACE-Step `acestep/pipeline_ace_step.py`, task "extend"), with its bugs fixed.
 
     The source [.., L0] is zero-padded by `left_frames` / `right_frames`; the new frames take retake noise
     (retake[..., :left] and retake[..., -right:]) and the source frames their seed noise (noise, length L0).

@@ -1,9 +1,10 @@
-"""ERG ("entropy rectifying guidance") of the original ACE-Step v1 pipeline (reference doc §2.4).
+"""ERG ("entropy rectifying guidance") of the original ACE-Step v1 pipeline (ace-step/ACE-Step
+`acestep/pipeline_ace_step.py`: its `use_erg_tag`, `use_erg_lyric` and `use_erg_diffusion` forward hooks).
 
 The original weakens a condition or the unconditional pass by multiplying the outputs of chosen query projections
 by τ = 0.01 through forward hooks (flatter attention):
 - tags: UMT5 `encoder.block[8]` and `[9]` `.layer[0].SelfAttention.q` (12 blocks). Our UMT5 does this with its
-  `q_scale` argument (`umt5.erg_tag_q_scale`); `umt5_modules` names the same projections for hooks;
+  `q_scale` argument (`umt5.erg_tag_q_scale`);
 - lyrics: lyric encoder `encoders[4]` and `[5]` `.self_attn.linear_q` (6 blocks), inside the transformer's
   condition encoding;
 - diffusion: transformer blocks 15..19 (of 24), both `attn.to_q` and `cross_attn.to_q`, on the unconditional
@@ -34,12 +35,6 @@ def same_relative_depth(first: int, last: int, reference_depth: int, num_layers:
     lo = min(first * num_layers // reference_depth, num_layers - 1)
     hi = min(max(last * num_layers // reference_depth, lo), num_layers - 1)
     return range(lo, hi + 1)
-
-
-def umt5_modules(num_layers: int) -> list[str]:
-    """Names (in `umt5.UMT5Encoder`) of the query projections the tag ERG scales."""
-    return [f"transformer.encoder.block.{i}.layer.0.SelfAttention.q"
-            for i in same_relative_depth(*UMT5_BLOCKS, num_layers)]
 
 
 def lyric_modules(num_blocks: int) -> list[str]:

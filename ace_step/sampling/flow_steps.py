@@ -1,4 +1,4 @@
-"""The original ACE-Step v1 scheduler steps (reference doc §2.2), as pure functions over tensors.
+"""The original ACE-Step v1 scheduler steps (ace-step/ACE-Step `acestep/schedulers/scheduling_flow_match_{euler,heun,pingpong}_discrete.py`), as pure functions over tensors.
 
 Flow convention: x_σ = (1 − σ)·x0 + σ·ε and the model predicts v = ε − x0, so x0 = x − σ·v.
 

@@ -23,7 +23,7 @@ def reinhard_tonemap(latent: torch.Tensor, multiplier: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the original ACE-Step v1 pipeline's guidance
-# Reference doc §2.1 and §2.3 (`acestep/apg_guidance.py`). Every function works in the dtype of its inputs, as the
+# The original's guidance (ace-step/ACE-Step `acestep/apg_guidance.py`, called from `acestep/pipeline_ace_step.py`). Every function works in the dtype of its inputs, as the
 # original does in bf16; only APG's projection is done in float64.
 
 CFG_TYPES = ("apg", "cfg", "cfg_star")

@@ -1,4 +1,4 @@
-"""Timestep/sigma schedules of the original ACE-Step v1 pipeline (reference doc §2.2, §2.10).
+"""Timestep/sigma schedules of the original ACE-Step v1 pipeline (ace-step/ACE-Step `acestep/schedulers/*` and `acestep/pipeline_ace_step.py`).
 
 The original builds every scheduler with 1000 training timesteps and shift 3, and the shift S(s) = 3s/(1+2s) ends
 up applied more than once:
@@ -132,7 +132,7 @@ def oss_schedule(oss_steps: Sequence[int], scheduler: str = "euler", dtype: torc
 
 
 def audio2audio_schedule(num_steps: int, ref_audio_strength: float, scheduler: str = "euler") -> Schedule:
-    """The original's audio2audio schedule (HEAD algorithm, reference doc §2.10).
+    """The original's audio2audio schedule (ace-step/ACE-Step `acestep/pipeline_ace_step.py` at its newest commit).
 
     σ_m = 1 − ref_audio_strength; the scheduler is rebuilt with sigma_max = σ_m and run for int(σ_m·num_steps)
     steps. The reference is noised to schedule.sigma_max = S(σ_m), but the first model timestep is
@@ -144,7 +144,7 @@ def audio2audio_schedule(num_steps: int, ref_audio_strength: float, scheduler: s
 
 
 def audio2audio_start_step(sigmas: torch.Tensor, ref_audio_strength: float) -> int:
-    """The original's audio2audio start before commit 39043aa (reference doc §2.10, "History"): the plain
+    """The original's audio2audio start before commit 39043aa (ace-step/ACE-Step `acestep/pipeline_ace_step.py` history): the plain
     schedule `sigmas` (final 0) runs from the first step whose σ_i <= 1 − ref_audio_strength, the steps above are
     skipped, and the reference is noised to that same σ_i, so the model is told the noise level the data has.
     Strength 0 starts at step 0 (σ 1: pure noise, text2music); strength 1 returns N (no step: the reference)."""

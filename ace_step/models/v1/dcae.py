@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..operations import TorchOps, cast_to, with_conv_forward
 from ..time_tiles import map_time_tiles
 
 RES = "ResBlock"
@@ -69,16 +70,6 @@ class DCAEConfig:
     @classmethod
     def full_size(cls) -> "DCAEConfig":
         return cls()
-
-    @classmethod
-    def tiny(cls) -> "DCAEConfig":
-        # Same 4 levels, block types and head width 32 (level 3 of width 64 has 2 heads); < 1 MB of fp32 weights.
-        return cls(
-            encoder_widths=(8, 16, 32, 64),
-            decoder_widths=(8, 16, 32, 64),
-            encoder_depths=(1, 1, 2, 2),
-            decoder_depths=(2, 2, 2, 2),
-        )
 
     @classmethod
     def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> "DCAEConfig":
@@ -158,29 +149,29 @@ def unused_checkpoint_shapes(config: DCAEConfig) -> dict[str, tuple[int, ...]]:
 class ChannelRMSNorm(nn.Module):
     """RMSNorm over the channel axis of [B, C, H, W] with a weight and a bias (eps 1e-5)."""
 
-    def __init__(self, channels: int, eps: float = 1e-5):
+    def __init__(self, channels: int, eps: float = 1e-5, dtype=None, device=None):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.weight = nn.Parameter(torch.ones(channels, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(channels, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.rms_norm(x.movedim(1, -1), (x.shape[1],), self.weight.to(x.dtype), self.eps)
-        return (x + self.bias.to(x.dtype)).movedim(-1, 1)
+        x = F.rms_norm(x.movedim(1, -1), (x.shape[1],), cast_to(self.weight, x.dtype, x.device), self.eps)
+        return (x + cast_to(self.bias, x.dtype, x.device)).movedim(-1, 1)
 
 
-def conv3x3(cin: int, cout: int, bias: bool = True, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias)
+def conv3x3(cin: int, cout: int, bias: bool = True, stride: int = 1, dtype=None, device=None, operations=TorchOps):
+    return operations.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias, dtype=dtype, device=device)
 
 
 class ResBlock(nn.Module):
     """conv → SiLU → conv (no bias) → RMSNorm, plus the input."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, dtype=None, device=None, operations=TorchOps):
         super().__init__()
-        self.conv1 = conv3x3(channels, channels)
-        self.conv2 = conv3x3(channels, channels, bias=False)
-        self.norm = ChannelRMSNorm(channels)
+        self.conv1 = conv3x3(channels, channels, dtype=dtype, device=device, operations=operations)
+        self.conv2 = conv3x3(channels, channels, bias=False, dtype=dtype, device=device, operations=operations)
+        self.norm = ChannelRMSNorm(channels, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.norm(self.conv2(F.silu(self.conv1(x))))
@@ -189,10 +180,11 @@ class ResBlock(nn.Module):
 class MultiscaleProjection(nn.Module):
     """Aggregates q/k/v over a k×k neighbourhood: depthwise conv, then a per-head-group 1×1 conv."""
 
-    def __init__(self, channels: int, groups: int, kernel_size: int):
+    def __init__(self, channels: int, groups: int, kernel_size: int, dtype=None, device=None, operations=TorchOps):
         super().__init__()
-        self.proj_in = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
-        self.proj_out = nn.Conv2d(channels, channels, 1, groups=groups, bias=False)
+        self.proj_in = operations.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels,
+                                         bias=False, dtype=dtype, device=device)
+        self.proj_out = operations.Conv2d(channels, channels, 1, groups=groups, bias=False, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj_out(self.proj_in(x))
@@ -208,18 +200,21 @@ class MultiscaleLinearAttention(nn.Module):
     head_dim pixels, where the quadratic form is cheaper.
     """
 
-    def __init__(self, channels: int, head_dim: int, multiscales: tuple[int, ...], eps: float = 1e-15):
+    def __init__(self, channels: int, head_dim: int, multiscales: tuple[int, ...], eps: float = 1e-15, dtype=None,
+                 device=None, operations=TorchOps):
         super().__init__()
         heads = channels // head_dim
         inner = heads * head_dim
         self.head_dim = head_dim
         self.eps = eps
-        self.to_q = nn.Linear(channels, inner, bias=False)
-        self.to_k = nn.Linear(channels, inner, bias=False)
-        self.to_v = nn.Linear(channels, inner, bias=False)
-        self.to_qkv_multiscale = nn.ModuleList(MultiscaleProjection(3 * inner, 3 * heads, k) for k in multiscales)
-        self.to_out = nn.Linear(inner * (1 + len(multiscales)), channels, bias=False)
-        self.norm_out = ChannelRMSNorm(channels)
+        kw = dict(bias=False, dtype=dtype, device=device)
+        self.to_q = operations.Linear(channels, inner, **kw)
+        self.to_k = operations.Linear(channels, inner, **kw)
+        self.to_v = operations.Linear(channels, inner, **kw)
+        self.to_qkv_multiscale = nn.ModuleList(
+            MultiscaleProjection(3 * inner, 3 * heads, k, dtype, device, operations) for k in multiscales)
+        self.to_out = operations.Linear(inner * (1 + len(multiscales)), channels, **kw)
+        self.norm_out = ChannelRMSNorm(channels, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
@@ -250,13 +245,14 @@ class GLUMBConv(nn.Module):
     """Gated inverted-bottleneck MLP: 1×1 up (×2·expand) → SiLU → depthwise 3×3 → value·SiLU(gate) → 1×1 down → RMSNorm,
     plus the input."""
 
-    def __init__(self, channels: int, expand: int):
+    def __init__(self, channels: int, expand: int, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         hidden = expand * channels
-        self.conv_inverted = nn.Conv2d(channels, 2 * hidden, 1)
-        self.conv_depth = nn.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden)
-        self.conv_point = nn.Conv2d(hidden, channels, 1, bias=False)
-        self.norm = ChannelRMSNorm(channels)
+        self.conv_inverted = operations.Conv2d(channels, 2 * hidden, 1, dtype=dtype, device=device)
+        self.conv_depth = operations.Conv2d(2 * hidden, 2 * hidden, 3, padding=1, groups=2 * hidden, dtype=dtype,
+                                            device=device)
+        self.conv_point = operations.Conv2d(hidden, channels, 1, bias=False, dtype=dtype, device=device)
+        self.norm = ChannelRMSNorm(channels, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv_depth(F.silu(self.conv_inverted(x)))
@@ -265,10 +261,12 @@ class GLUMBConv(nn.Module):
 
 
 class EfficientViTBlock(nn.Module):
-    def __init__(self, channels: int, head_dim: int, multiscales: tuple[int, ...], expand: int):
+    def __init__(self, channels: int, head_dim: int, multiscales: tuple[int, ...], expand: int, dtype=None,
+                 device=None, operations=TorchOps):
         super().__init__()
-        self.attn = MultiscaleLinearAttention(channels, head_dim, multiscales)
-        self.conv_out = GLUMBConv(channels, expand)
+        self.attn = MultiscaleLinearAttention(channels, head_dim, multiscales, dtype=dtype, device=device,
+                                              operations=operations)
+        self.conv_out = GLUMBConv(channels, expand, dtype, device, operations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(self.attn(x))
@@ -277,12 +275,12 @@ class EfficientViTBlock(nn.Module):
 class Downsample(nn.Module):
     """Stride-2 3×3 conv, plus a shortcut: pixel-unshuffle (C → 4C at half size) then average groups of channels."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         if (4 * cin) % cout:
             raise ValueError(f"downsample {cin}→{cout}: 4·{cin} is not a multiple of {cout}")
         self.group = 4 * cin // cout
-        self.conv = conv3x3(cin, cout, stride=2)
+        self.conv = conv3x3(cin, cout, stride=2, dtype=dtype, device=device, operations=operations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = F.pixel_unshuffle(x, 2).unflatten(1, (-1, self.group)).mean(dim=2)
@@ -294,36 +292,38 @@ class Downsample(nn.Module):
 _SUBPIXEL_TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
 
 
+def _upsampling_conv(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """Nearest ×2 upsampling of x, then this 3×3 conv, as four 2×2 convs on x, one per output pixel parity (sub-pixel
+    form: 16 products per input pixel instead of 36), equal up to float rounding."""
+    taps = _SUBPIXEL_TAPS.to(weight.device, weight.dtype)
+    kernels = torch.einsum("pak,oikl,qbl->pqoiab", taps, weight, taps)  # [row parity, col parity, out, in, 2, 2]
+    padded = F.pad(x, (1, 1, 1, 1))
+    h, w = x.shape[-2:]
+    phases = [F.conv2d(padded[..., py : py + h + 1, px : px + w + 1], kernels[py, px], bias)
+              for py in (0, 1) for px in (0, 1)]
+    return F.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), 2)
+
+
 class Upsample(nn.Module):
-    """Nearest ×2 then 3×3 conv, plus a shortcut: repeat each channel, then pixel-shuffle (4C → C at double size).
+    """Nearest ×2 then 3×3 conv, plus a shortcut: repeat each channel, then pixel-shuffle (4C → C at double size)."""
 
-    The conv runs as four 2×2 convs on the input, one per output pixel parity (sub-pixel form: 16 products per input
-    pixel instead of 36), equal up to float rounding."""
-
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         if (4 * cout) % cin:
             raise ValueError(f"upsample {cin}→{cout}: 4·{cout} is not a multiple of {cin}")
         self.repeats = 4 * cout // cin
-        self.conv = conv3x3(cin, cout)
+        conv = with_conv_forward(operations.Conv2d, _upsampling_conv, "UpsamplingConv2d")
+        self.conv = conv(cin, cout, 3, padding=1, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.conv.weight
-        taps = _SUBPIXEL_TAPS.to(weight.device, weight.dtype)
-        kernels = torch.einsum("pak,oikl,qbl->pqoiab", taps, weight, taps)  # [row parity, col parity, out, in, 2, 2]
-        padded = F.pad(x, (1, 1, 1, 1))
-        h, w = x.shape[-2:]
-        phases = [F.conv2d(padded[..., py : py + h + 1, px : px + w + 1], kernels[py, px], self.conv.bias)
-                  for py in (0, 1) for px in (0, 1)]
-        up = F.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), 2)
-        shortcut = F.pixel_shuffle(x.repeat_interleave(self.repeats, dim=1), 2)
-        return up + shortcut
+        return self.conv(x) + F.pixel_shuffle(x.repeat_interleave(self.repeats, dim=1), 2)
 
 
-def make_block(kind: str, width: int, config: DCAEConfig) -> nn.Module:
+def make_block(kind: str, width: int, config: DCAEConfig, dtype=None, device=None, operations=TorchOps) -> nn.Module:
     if kind == RES:
-        return ResBlock(width)
-    return EfficientViTBlock(width, config.head_dim, config.qkv_multiscales, config.mlp_expand)
+        return ResBlock(width, dtype, device, operations)
+    return EfficientViTBlock(width, config.head_dim, config.qkv_multiscales, config.mlp_expand, dtype, device,
+                             operations)
 
 
 def _conv_context(level: nn.Sequential, extra_convs: int = 0) -> int:
@@ -340,19 +340,20 @@ class Encoder(nn.Module):
 
     tile_elements: int | None = 2 ** 22
 
-    def __init__(self, config: DCAEConfig):
+    def __init__(self, config: DCAEConfig, dtype=None, device=None, operations=TorchOps):
         super().__init__()
+        kw = dict(dtype=dtype, device=device, operations=operations)
         widths, levels = config.encoder_widths, len(config.encoder_widths)
-        self.conv_in = conv3x3(config.in_channels, widths[0])
+        self.conv_in = conv3x3(config.in_channels, widths[0], **kw)
         self.down_blocks = nn.ModuleList()
         for i in range(levels):
-            layers = [make_block(config.encoder_block_types[i], widths[i], config)
+            layers = [make_block(config.encoder_block_types[i], widths[i], config, **kw)
                       for _ in range(config.encoder_depths[i])]
             if i < levels - 1:
-                layers.append(Downsample(widths[i], widths[i + 1]))
+                layers.append(Downsample(widths[i], widths[i + 1], **kw))
             self.down_blocks.append(nn.Sequential(*layers))
         self.local_levels = [t == RES for t in config.encoder_block_types]
-        self.conv_out = conv3x3(widths[-1], config.latent_channels)
+        self.conv_out = conv3x3(widths[-1], config.latent_channels, **kw)
         self.out_group = widths[-1] // config.latent_channels
 
     def _tiled_level(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -385,20 +386,21 @@ class Decoder(nn.Module):
 
     tile_elements: int | None = 2 ** 22
 
-    def __init__(self, config: DCAEConfig):
+    def __init__(self, config: DCAEConfig, dtype=None, device=None, operations=TorchOps):
         super().__init__()
+        kw = dict(dtype=dtype, device=device, operations=operations)
         widths, levels = config.decoder_widths, len(config.decoder_widths)
-        self.conv_in = conv3x3(config.latent_channels, widths[-1])
+        self.conv_in = conv3x3(config.latent_channels, widths[-1], **kw)
         self.in_repeats = widths[-1] // config.latent_channels
         self.up_blocks = nn.ModuleList()
         for i in range(levels):  # stored by level index; level i starts by upsampling from level i+1
-            layers = [Upsample(widths[i + 1], widths[i])] if i < levels - 1 else []
-            layers += [make_block(config.decoder_block_types[i], widths[i], config)
+            layers = [Upsample(widths[i + 1], widths[i], **kw)] if i < levels - 1 else []
+            layers += [make_block(config.decoder_block_types[i], widths[i], config, **kw)
                        for _ in range(config.decoder_depths[i])]
             self.up_blocks.append(nn.Sequential(*layers))
         self.local_levels = [t == RES for t in config.decoder_block_types]
-        self.norm_out = ChannelRMSNorm(widths[0])
-        self.conv_out = conv3x3(widths[0], config.in_channels)
+        self.norm_out = ChannelRMSNorm(widths[0], dtype=dtype, device=device)
+        self.conv_out = conv3x3(widths[0], config.in_channels, **kw)
 
     def _output(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_out(F.relu(self.norm_out(x)))
@@ -423,11 +425,11 @@ class Decoder(nn.Module):
 
 
 class DCAE(nn.Module):
-    def __init__(self, config: DCAEConfig):
+    def __init__(self, config: DCAEConfig, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
+        self.encoder = Encoder(config, dtype, device, operations)
+        self.decoder = Decoder(config, dtype, device, operations)
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
         return self.encoder(mel)

@@ -1,4 +1,5 @@
-"""The Conformer lyric encoder of ACE-Step v1 (tech report §3.2, "adopted from SongGen"; reference doc 1.3).
+"""The Conformer lyric encoder of ACE-Step v1 (tech report arXiv 2506.00045 §3.2, "adopted from SongGen"; original code:
+ace-step/ACE-Step `acestep/models/lyrics_utils/` and `acestep/models/ace_step_transformer.py`).
 
 A WeNet/CosyVoice-style Conformer reduced to what the checkpoint uses: no convolution module, no macaron FFN.
 
@@ -8,6 +9,8 @@ A WeNet/CosyVoice-style Conformer reduced to what the checkpoint uses: no convol
 
 Self-attention uses Transformer-XL relative positions with the ESPnet sinusoidal table:
     score(i, j) = [(q_i + u) . k_j  +  (q_i + v) . W_pos pe(i - j)] / sqrt(d_k)
+The softmax runs through the injected attention function (see `..operations`): the content term is its q·k, the
+position term (divided by √d_k like the rest) its additive mask, together with the key padding.
 Attribute names mirror the checkpoint keys under `model.diffusion_model.lyric_encoder.` so that state dicts
 load directly and the original pipeline's ERG hooks on `encoders[i].self_attn.linear_q` apply.
 """
@@ -18,6 +21,8 @@ from typing import Mapping, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..operations import TorchOps, cast_to, sdpa_attention
 
 LAYER_NORM_EPS = 1e-5
 
@@ -33,10 +38,6 @@ class LyricEncoderConfig:
     @classmethod
     def full_size(cls) -> "LyricEncoderConfig":
         return cls()
-
-    @classmethod
-    def tiny(cls) -> "LyricEncoderConfig":
-        return cls(input_size=64, hidden_size=64, num_heads=4, linear_units=128, num_blocks=2)
 
     @classmethod
     def from_shapes(cls, shapes: Mapping[str, tuple]) -> "LyricEncoderConfig":
@@ -73,54 +74,56 @@ def relative_to_absolute(scores: torch.Tensor) -> torch.Tensor:
 
 
 class RelPositionSelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, dtype=None, device=None, operations=TorchOps,
+                 attention=sdpa_attention):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.linear_q = nn.Linear(dim, dim)
-        self.linear_k = nn.Linear(dim, dim)
-        self.linear_v = nn.Linear(dim, dim)
-        self.linear_out = nn.Linear(dim, dim)
-        self.linear_pos = nn.Linear(dim, dim, bias=False)
+        self.attention = attention
+        self.linear_q = operations.Linear(dim, dim, dtype=dtype, device=device)
+        self.linear_k = operations.Linear(dim, dim, dtype=dtype, device=device)
+        self.linear_v = operations.Linear(dim, dim, dtype=dtype, device=device)
+        self.linear_out = operations.Linear(dim, dim, dtype=dtype, device=device)
+        self.linear_pos = operations.Linear(dim, dim, bias=False, dtype=dtype, device=device)
         # Transformer-XL's global content (u) and position (v) biases, one vector per head.
-        self.pos_bias_u = nn.Parameter(torch.empty(num_heads, self.head_dim))
-        self.pos_bias_v = nn.Parameter(torch.empty(num_heads, self.head_dim))
-        nn.init.xavier_uniform_(self.pos_bias_u)
-        nn.init.xavier_uniform_(self.pos_bias_v)
+        self.pos_bias_u = nn.Parameter(torch.empty(num_heads, self.head_dim, dtype=dtype, device=device))
+        self.pos_bias_v = nn.Parameter(torch.empty(num_heads, self.head_dim, dtype=dtype, device=device))
+        if self.pos_bias_u.device.type != "meta":
+            nn.init.xavier_uniform_(self.pos_bias_u)
+            nn.init.xavier_uniform_(self.pos_bias_v)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:  # [B, L, H*d] -> [B, L, H, d]
         return t.unflatten(-1, (self.num_heads, self.head_dim))
 
-    def forward(self, x: torch.Tensor, pos_table: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos_table: torch.Tensor, key_mask: Optional[torch.Tensor],
+                transformer_options: Optional[dict] = None) -> torch.Tensor:
         """x [B, L, D]; pos_table [2L-1, D]; key_mask bool [B, L] (True = real token) or None."""
         q = self._heads(self.linear_q(x))  # [B, L, H, d]
         k = self._heads(self.linear_k(x)).transpose(1, 2)  # [B, H, L, d]
         v = self._heads(self.linear_v(x)).transpose(1, 2)
         p = self._heads(self.linear_pos(pos_table)).transpose(0, 1)  # [H, 2L-1, d]
 
-        q_u = (q + self.pos_bias_u.to(q.dtype)).transpose(1, 2)
-        q_v = (q + self.pos_bias_v.to(q.dtype)).transpose(1, 2)
-        content = q_u @ k.transpose(-2, -1)  # [B, H, L, L]
-        position = relative_to_absolute(q_v @ p.transpose(-2, -1))  # [B, H, L, 2L-1] -> [B, H, L, L]
-        scores = (content + position) / math.sqrt(self.head_dim)
-
-        if key_mask is None:
-            weights = scores.softmax(dim=-1)
-        else:
-            # Padded keys get no weight. A row with no real key at all (empty lyrics: one token with mask 0)
-            # would be NaN after softmax; the original zeroes it, leaving only linear_out's bias.
-            hidden = ~key_mask[:, None, None, :]
-            weights = scores.masked_fill(hidden, float("-inf")).softmax(dim=-1).masked_fill(hidden, 0.0)
-        out = (weights @ v).transpose(1, 2).flatten(2)  # [B, L, H*d], heads in order
+        q_u = (q + cast_to(self.pos_bias_u, q.dtype, q.device)).transpose(1, 2)
+        q_v = (q + cast_to(self.pos_bias_v, q.dtype, q.device)).transpose(1, 2)
+        # [B, H, L, 2L-1] -> [B, H, L, L], scaled as the content scores are inside the attention function.
+        bias = relative_to_absolute(q_v @ p.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        if key_mask is not None:
+            bias = bias.masked_fill(~key_mask[:, None, None, :], torch.finfo(bias.dtype).min)
+        out = self.attention(q_u, k, v, self.num_heads, mask=bias, skip_reshape=True,
+                             transformer_options=transformer_options or {})  # [B, L, H*d]
+        if key_mask is not None:
+            # A row with no real key at all (empty lyrics: one token with mask 0) gets no attention output in the
+            # original (its softmax is NaN, zeroed), leaving only linear_out's bias.
+            out = out * key_mask.any(dim=1).to(out.dtype)[:, None, None]
         return self.linear_out(out)
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, dtype=None, device=None, operations=TorchOps):
         super().__init__()
-        self.w_1 = nn.Linear(dim, hidden)
-        self.w_2 = nn.Linear(hidden, dim)
+        self.w_1 = operations.Linear(dim, hidden, dtype=dtype, device=device)
+        self.w_2 = operations.Linear(hidden, dim, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_2(F.silu(self.w_1(x)))
@@ -129,24 +132,26 @@ class FeedForward(nn.Module):
 class ConformerLayer(nn.Module):
     """Pre-LN block: self-attention then FFN (ff scale 1.0, since there is no macaron half-FFN)."""
 
-    def __init__(self, dim: int, num_heads: int, linear_units: int):
+    def __init__(self, dim: int, num_heads: int, linear_units: int, dtype=None, device=None, operations=TorchOps,
+                 attention=sdpa_attention):
         super().__init__()
-        self.self_attn = RelPositionSelfAttention(dim, num_heads)
-        self.feed_forward = FeedForward(dim, linear_units)
-        self.norm_mha = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.norm_ff = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.self_attn = RelPositionSelfAttention(dim, num_heads, dtype, device, operations, attention)
+        self.feed_forward = FeedForward(dim, linear_units, dtype, device, operations)
+        self.norm_mha = operations.LayerNorm(dim, eps=LAYER_NORM_EPS, dtype=dtype, device=device)
+        self.norm_ff = operations.LayerNorm(dim, eps=LAYER_NORM_EPS, dtype=dtype, device=device)
 
-    def forward(self, x, pos_table, key_mask):
-        x = x + self.self_attn(self.norm_mha(x), pos_table, key_mask)
+    def forward(self, x, pos_table, key_mask, transformer_options=None):
+        x = x + self.self_attn(self.norm_mha(x), pos_table, key_mask, transformer_options)
         return x + self.feed_forward(self.norm_ff(x))
 
 
 class LinearEmbed(nn.Module):
     """Input layer: Linear -> LayerNorm, then scaled by sqrt(width) (ESPnet's x-scale of the pos. encoding)."""
 
-    def __init__(self, input_size: int, dim: int):
+    def __init__(self, input_size: int, dim: int, dtype=None, device=None, operations=TorchOps):
         super().__init__()
-        self.out = nn.Sequential(nn.Linear(input_size, dim), nn.LayerNorm(dim, eps=LAYER_NORM_EPS))
+        self.out = nn.Sequential(operations.Linear(input_size, dim, dtype=dtype, device=device),
+                                 operations.LayerNorm(dim, eps=LAYER_NORM_EPS, dtype=dtype, device=device))
         self.scale = math.sqrt(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,26 +159,28 @@ class LinearEmbed(nn.Module):
 
 
 class LyricEncoder(nn.Module):
-    def __init__(self, config: LyricEncoderConfig):
+    def __init__(self, config: LyricEncoderConfig, dtype=None, device=None, operations=TorchOps,
+                 attention=sdpa_attention):
         super().__init__()
         self.config = config
-        self.embed = LinearEmbed(config.input_size, config.hidden_size)
+        self.embed = LinearEmbed(config.input_size, config.hidden_size, dtype, device, operations)
         self.encoders = nn.ModuleList(
-            ConformerLayer(config.hidden_size, config.num_heads, config.linear_units) for _ in range(config.num_blocks)
+            ConformerLayer(config.hidden_size, config.num_heads, config.linear_units, dtype, device, operations,
+                           attention) for _ in range(config.num_blocks)
         )
-        self.after_norm = nn.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS)
+        self.after_norm = operations.LayerNorm(config.hidden_size, eps=LAYER_NORM_EPS, dtype=dtype, device=device)
 
-    def working_bytes(self, length: int, batch: int = 1) -> int:
-        """Peak memory of `forward` on [batch, length] tokens beyond the weights. The attention's [B, H, L, L]
-        tensors dominate: content and position scores (the latter 2L-1 wide), their sum and its softmax, in the
-        activation dtype (with a mask, also its filled copies); measured at a little over 5·B·H·L² elements without
-        a mask, so 6 here (the linear layers add only B·L·width)."""
-        element = next(self.parameters()).element_size()
+    def working_bytes(self, length: int, batch: int = 1, element: int = 4) -> int:
+        """Peak memory of `forward` on [batch, length] tokens beyond the weights, for activations of `element` bytes.
+        The attention's [B, H, L, L] tensors dominate: position scores (2L-1 wide), their absolute-position bias,
+        the content scores and their softmax inside the attention function; 6·B·H·L² elements (the linear layers add
+        only B·L·width)."""
         c = self.config
         width = 4 * c.hidden_size + c.linear_units
         return element * batch * (6 * c.num_heads * length * length + length * width)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None,
+                transformer_options: Optional[dict] = None) -> torch.Tensor:
         """x: embedded lyric tokens [B, L, input_size]; mask [B, L] (nonzero = real token) or None (attend to
         all, as ComfyUI does). Returns [B, L, hidden_size]; rows at padded positions are meaningless."""
         x = self.embed(x)
@@ -181,5 +188,5 @@ class LyricEncoder(nn.Module):
         pos_table = relative_position_table(x.shape[1], self.config.hidden_size, device=x.device).to(x.dtype)
         key_mask = None if mask is None else mask.to(device=x.device) != 0
         for layer in self.encoders:
-            x = layer(x, pos_table, key_mask)
+            x = layer(x, pos_table, key_mask, transformer_options)
         return self.after_norm(x)

@@ -2,7 +2,7 @@
 
 Sample-count conventions (full-size model):
 - mel hop 512 samples, DCAE time compression 8 → one latent frame = 4096 samples = 8 mel frames (≈ 92.9 ms,
-  10.77 latent frames per second). `SAMPLES_PER_LATENT_FRAME`/`MusicVAE.samples_per_frame` hold this number.
+  10.77 latent frames per second). `latent.SAMPLES_PER_FRAME`/`MusicVAE.samples_per_frame` hold this number.
 - encode: audio of T samples (any rate, resampled to 44.1 kHz first) is right-padded with zeros to
   W = ceil(T / 4096) latent frames. decode gives exactly 4096·W samples; trimming to a wanted length is the caller's.
 
@@ -24,14 +24,14 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ...audio.dsp import resample
+from ..operations import TorchOps
 from . import dcae as dcae_module
 from . import vocoder as vocoder_module
-from ...audio.dsp import resample
 from .dcae import DCAE, DCAEConfig
+from .latent import SAMPLE_RATE
 from .vocoder import Vocoder, VocoderConfig
 
-SAMPLE_RATE = 44100
-SAMPLES_PER_LATENT_FRAME = 4096  # mel hop 512 × DCAE time compression 8
 MEL_MIN, MEL_MAX = -11.0, 3.0
 LATENT_SHIFT = -1.9091
 LATENT_SCALE = 0.1786
@@ -53,10 +53,6 @@ class MusicVAEConfig:
         return cls(DCAEConfig.full_size(), VocoderConfig.full_size())
 
     @classmethod
-    def tiny(cls) -> "MusicVAEConfig":
-        return cls(DCAEConfig.tiny(), VocoderConfig.tiny())
-
-    @classmethod
     def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> "MusicVAEConfig":
         """From the `dcae.*`/`vocoder.*` key → shape mapping (the file's `vae.` prefix stripped; any vocoder layout)."""
         return cls(
@@ -73,17 +69,10 @@ def unused_checkpoint_shapes(config: MusicVAEConfig) -> dict[str, tuple[int, ...
 
 def checkpoint_shapes(config: MusicVAEConfig, variant: str = "weight_norm") -> dict[str, tuple[int, ...]]:
     """Every `vae.*` tensor (prefix stripped) of a file in the real layout; see `vocoder.checkpoint_shapes`."""
-    with torch.device("meta"):
-        out = {f"dcae.{k}": tuple(v.shape) for k, v in DCAE(config.dcae).state_dict().items()}
+    out = {f"dcae.{k}": tuple(v.shape) for k, v in DCAE(config.dcae, device="meta").state_dict().items()}
     out.update({f"dcae.{k}": v for k, v in dcae_module.unused_checkpoint_shapes(config.dcae).items()})
     out.update({f"vocoder.{k}": v for k, v in vocoder_module.checkpoint_shapes(config.vocoder, variant).items()})
     return out
-
-
-def to_module_state_dict(state_dict: Mapping[str, torch.Tensor], config: MusicVAEConfig) -> dict[str, torch.Tensor]:
-    """File layout (`vae.` stripped) → `MusicVAE` layout: drops the unused tensors, fuses the vocoder's weight norm."""
-    unused = unused_checkpoint_shapes(config)
-    return vocoder_module.fuse_weight_norm({k: v for k, v in state_dict.items() if k not in unused})
 
 
 @dataclass(frozen=True)
@@ -102,11 +91,15 @@ def _plan_windows(total: int, chunk: int, overlap: int) -> list[_Window]:
 
 
 class MusicVAE(nn.Module):
-    def __init__(self, config: MusicVAEConfig):
+    """Weights in `dtype`; the networks compute in `compute_dtype` (None: the weights' dtype)."""
+
+    compute_dtype: torch.dtype | None = None
+
+    def __init__(self, config: MusicVAEConfig, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         self.config = config
-        self.dcae = DCAE(config.dcae)
-        self.vocoder = Vocoder(config.vocoder)
+        self.dcae = DCAE(config.dcae, dtype, device, operations)
+        self.vocoder = Vocoder(config.vocoder, dtype, device, operations)
         self.hop_length = config.vocoder.hop_length
         self.mel_per_frame = config.dcae.downsample_factor
         self.samples_per_frame = self.hop_length * self.mel_per_frame
@@ -114,8 +107,13 @@ class MusicVAE(nn.Module):
     # ---- helpers ---------------------------------------------------------------------------------------------------
 
     @property
-    def _param(self) -> torch.Tensor:
-        return next(self.parameters())
+    def weights_device(self) -> torch.device:
+        # Not `device`: ComfyUI's ModelPatcher sets a `device` attribute on the models it loads.
+        return self.dcae.decoder.conv_in.weight.device
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        return self.compute_dtype or self.dcae.decoder.conv_in.weight.dtype
 
     def latent_frames(self, num_samples_44k: int) -> int:
         return -(-num_samples_44k // self.samples_per_frame)
@@ -129,7 +127,7 @@ class MusicVAE(nn.Module):
         """[B, 2, T] at sample_rate → float32 [B, 2, 4096·W] at 44.1 kHz (resampled, zero-padded on the right)."""
         if audio.ndim != 3 or audio.shape[1] != self.config.dcae.in_channels:
             raise ValueError(f"expected audio [B, 2, T], got {tuple(audio.shape)} (convert mono to stereo first)")
-        audio = audio.to(self._param.device, torch.float32)
+        audio = audio.to(self.weights_device, torch.float32)
         if sample_rate != SAMPLE_RATE:
             audio = resample(audio, sample_rate, SAMPLE_RATE)
         pad = -audio.shape[-1] % self.samples_per_frame
@@ -140,13 +138,13 @@ class MusicVAE(nn.Module):
         return ((mel - MEL_MIN) / (MEL_MAX - MEL_MIN) - 0.5) / 0.5
 
     def _encode_mel(self, mel: torch.Tensor) -> torch.Tensor:
-        dtype = self._param.dtype
+        dtype = self.activation_dtype
         z = torch.cat([self.dcae.encoder(m[None].to(dtype)) for m in mel])  # one item at a time, as the original
         return (z.float() - LATENT_SHIFT) * LATENT_SCALE
 
     def _decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        dtype = self._param.dtype
-        z = latent.to(self._param.device, torch.float32) / LATENT_SCALE + LATENT_SHIFT
+        dtype = self.activation_dtype
+        z = latent.to(self.weights_device, torch.float32) / LATENT_SCALE + LATENT_SHIFT
         waves = []
         for item in z:
             mel = self.dcae.decoder(item[None].to(dtype))[0].float()  # [2, n_mels, 8W]
@@ -220,7 +218,7 @@ class MusicVAE(nn.Module):
         if half > min(overlap_frames, 1) * spf or crossfade_samples > chunk_frames * spf:
             raise ValueError(f"crossfade_samples must be at most 2·{spf}, chunk_frames·{spf} and 2·overlap·{spf}")
         b, _, _, total = latent.shape
-        out = torch.zeros(b, 2, total * spf, dtype=torch.float32, device=self._param.device)
+        out = torch.zeros(b, 2, total * spf, dtype=torch.float32, device=self.weights_device)
         if half:
             rise = (torch.arange(2 * half, dtype=torch.float32, device=out.device) + 0.5) / (2 * half)
         windows = _plan_windows(total, chunk_frames, overlap_frames)

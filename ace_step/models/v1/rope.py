@@ -1,4 +1,4 @@
-"""Rotary position embedding exactly as ACE-Step v1 applies it (tech report §2; reference doc 1.2 "QUIRK").
+"""Rotary position embedding exactly as ACE-Step v1 applies it (ace-step/ACE-Step `acestep/models/attention.py`: Qwen2-style tables, interleaved pairs in the rotation).
 
 The tables follow the Qwen2 layout: for head width D, frequencies f_j = theta^(-2j/D), j < D/2, and the
 table column d uses f_(d mod D/2) (the "half-split" layout cat(freqs, freqs)). The rotation however pairs

@@ -1,4 +1,5 @@
-"""ACE-Step v1 diffusion transformer (`ACEStepTransformer2DModel`, tech report §3.2; reference doc 1.2).
+"""ACE-Step v1 diffusion transformer (`ACEStepTransformer2DModel`, tech report arXiv 2506.00045 §3.2; original code:
+ace-step/ACE-Step `acestep/models/ace_step_transformer.py`).
 
 Flow-matching velocity model on DCAE latents [B, 8, 16, W] (W frames at ~10.77 per second).
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..operations import TorchOps, additive_mask, cast_to, sdpa_attention
 from .lyric_encoder import LyricEncoder, LyricEncoderConfig
 from .rope import rope_tables
 from .transformer_blocks import LinearTransformerBlock, modulate, rms_norm
@@ -63,24 +65,6 @@ class TransformerConfig:
     @classmethod
     def full_size(cls) -> "TransformerConfig":
         return cls()
-
-    @classmethod
-    def tiny(cls) -> "TransformerConfig":
-        """Same architecture, small widths (~1M params; proj_in stays 2048 wide because the original ties it
-        to 256 * in_channels and the latent keeps its 8 channels; lyric vocab stays 6693)."""
-        return cls(
-            hidden_size=64,
-            num_heads=2,
-            head_dim=32,
-            num_layers=2,
-            speaker_embedding_dim=16,
-            text_embedding_dim=32,
-            lyric_hidden_size=64,
-            lyric_encoder_heads=4,
-            lyric_encoder_linear_units=128,
-            lyric_encoder_blocks=2,
-            ssl_latent_dims=(32, 16),
-        )
 
     @staticmethod
     def head_dim_rule(hidden_size: int) -> int:
@@ -147,22 +131,6 @@ def unused_checkpoint_shapes(config: TransformerConfig) -> dict:
     return out
 
 
-def batch_conditions(conditions) -> tuple:
-    """Stacks `encode_condition` outputs [(cond [1 or B, S_i, D], mask or None), ...] of different lengths
-    into one batch, right-padding the *whole* sequence and masking the padding. Trailing padding leaves every
-    real token's RoPE position unchanged and masked keys get no attention weight, so `decode` on the batch
-    equals per-condition calls (up to float rounding), e.g. to run cond and uncond of CFG together."""
-    length = max(c.shape[1] for c, _ in conditions)
-    conds, masks = [], []
-    for cond, mask in conditions:
-        pad = length - cond.shape[1]
-        mask = torch.ones(cond.shape[:2], device=cond.device) if mask is None else mask.float()
-        conds.append(F.pad(cond, (0, 0, 0, pad)))
-        masks.append(F.pad(mask, (0, pad)))
-    cond, mask = torch.cat(conds), torch.cat(masks)
-    return cond, (None if bool(mask.all()) else mask)
-
-
 def timestep_features(timestep: torch.Tensor, channels: int) -> torch.Tensor:
     """Sinusoidal features [B, channels] in float32: [cos | sin] of t * 10000^(-k/half), k < half
     (diffusers Timesteps with flip_sin_to_cos=True, downscale_freq_shift=0)."""
@@ -173,10 +141,10 @@ def timestep_features(timestep: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 class TimestepEmbedding(nn.Module):
-    def __init__(self, in_channels: int, dim: int):
+    def __init__(self, in_channels: int, dim: int, dtype=None, device=None, operations=TorchOps):
         super().__init__()
-        self.linear_1 = nn.Linear(in_channels, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_1 = operations.Linear(in_channels, dim, dtype=dtype, device=device)
+        self.linear_2 = operations.Linear(dim, dim, dtype=dtype, device=device)
 
     def forward(self, x):
         return self.linear_2(F.silu(self.linear_1(x)))
@@ -186,13 +154,14 @@ class PatchEmbed(nn.Module):
     """[B, C, 16, W] -> [B, W, dim]: a (16, 1) strided conv folds the mel rows into channels, then
     GroupNorm(32, eps 1e-6) and a 1x1 conv to the model width."""
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         c, p = config.in_channels, config.patch_embed_dim
         self.early_conv_layers = nn.Sequential(
-            nn.Conv2d(c, p, kernel_size=config.patch_size, stride=config.patch_size),
-            nn.GroupNorm(32, p, eps=1e-6),
-            nn.Conv2d(p, config.hidden_size, kernel_size=1),
+            operations.Conv2d(c, p, kernel_size=config.patch_size, stride=config.patch_size, dtype=dtype,
+                              device=device),
+            operations.GroupNorm(32, p, eps=1e-6, dtype=dtype, device=device),
+            operations.Conv2d(p, config.hidden_size, kernel_size=1, dtype=dtype, device=device),
         )
 
     def forward(self, x):
@@ -202,41 +171,57 @@ class PatchEmbed(nn.Module):
 class FinalLayer(nn.Module):
     """RMSNorm modulated by the *embedded timestep* (not the 6x t_block vector), then Linear to the patch."""
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         ph, pw = config.patch_size
-        self.linear = nn.Linear(config.hidden_size, ph * pw * config.out_channels)
-        self.scale_shift_table = nn.Parameter(torch.randn(2, config.hidden_size) / config.hidden_size**0.5)
+        self.linear = operations.Linear(config.hidden_size, ph * pw * config.out_channels, dtype=dtype, device=device)
+        self.scale_shift_table = nn.Parameter(
+            torch.randn(2, config.hidden_size, dtype=dtype, device=device) / config.hidden_size**0.5)
 
     def forward(self, x, embedded_timestep):
-        shift, scale = (self.scale_shift_table[None].to(x.dtype) + embedded_timestep[:, None]).chunk(2, dim=1)
+        table = cast_to(self.scale_shift_table, x.dtype, x.device)
+        shift, scale = (table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
         return self.linear(modulate(rms_norm(x), shift, scale))
 
 
 class ACEStepTransformer(nn.Module):
-    def __init__(self, config: TransformerConfig):
+    """Weights in `dtype` (any: fp8 with casting `operations`); activations in `compute_dtype` (None: the weights'
+    dtype), which ComfyUI's manual cast sets for fp8 or half-precision weights a device cannot compute in."""
+
+    compute_dtype: Optional[torch.dtype] = None
+
+    def __init__(self, config: TransformerConfig, dtype=None, device=None, operations=TorchOps,
+                 attention=sdpa_attention):
         super().__init__()
         self.config = config
         d = config.hidden_size
         if config.num_heads * config.head_dim != d:
             raise ValueError("hidden_size must equal num_heads * head_dim")
-        self.proj_in = PatchEmbed(config)
-        self.timestep_embedder = TimestepEmbedding(config.timestep_channels, d)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))  # adaLN-single, shared by all blocks
-        self.speaker_embedder = nn.Linear(config.speaker_embedding_dim, d)
-        self.genre_embedder = nn.Linear(config.text_embedding_dim, d)
-        self.lyric_embs = nn.Embedding(config.lyric_vocab_size, config.lyric_hidden_size)
-        self.lyric_encoder = LyricEncoder(config.lyric_encoder_config)
-        self.lyric_proj = nn.Linear(config.lyric_hidden_size, d)
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.proj_in = PatchEmbed(config, **kw)
+        self.timestep_embedder = TimestepEmbedding(config.timestep_channels, d, **kw)
+        # adaLN-single, shared by all blocks
+        self.t_block = nn.Sequential(nn.SiLU(), operations.Linear(d, 6 * d, dtype=dtype, device=device))
+        self.speaker_embedder = operations.Linear(config.speaker_embedding_dim, d, dtype=dtype, device=device)
+        self.genre_embedder = operations.Linear(config.text_embedding_dim, d, dtype=dtype, device=device)
+        self.lyric_embs = operations.Embedding(config.lyric_vocab_size, config.lyric_hidden_size, dtype=dtype,
+                                               device=device)
+        self.lyric_encoder = LyricEncoder(config.lyric_encoder_config, attention=attention, **kw)
+        self.lyric_proj = operations.Linear(config.lyric_hidden_size, d, dtype=dtype, device=device)
         self.transformer_blocks = nn.ModuleList(
-            LinearTransformerBlock(d, config.num_heads, config.head_dim, config.ff_hidden)
+            LinearTransformerBlock(d, config.num_heads, config.head_dim, config.ff_hidden, attention=attention, **kw)
             for _ in range(config.num_layers)
         )
-        self.final_layer = FinalLayer(config)
+        self.final_layer = FinalLayer(config, **kw)
 
     @property
     def dtype(self) -> torch.dtype:
+        """The weights' dtype (what ComfyUI's BaseModel reads as the model dtype)."""
         return self.genre_embedder.weight.dtype
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        return self.compute_dtype or self.dtype
 
     @property
     def device(self) -> torch.device:
@@ -248,17 +233,19 @@ class ACEStepTransformer(nn.Module):
         FFN's [B, 2·ff_hidden] maps and the float32 linear attention (measured at 4096 elements per frame for the
         tiny model, where this gives 5568)."""
         c = self.config
-        element = next(self.parameters()).element_size()
+        element = torch.finfo(self.activation_dtype).bits // 8
         per_frame = 2 * c.patch_embed_dim + 6 * c.ff_hidden + 8 * c.hidden_size
         condition = batch * (1 + text_tokens + lyric_tokens) * c.hidden_size * 3
-        return (self.lyric_encoder.working_bytes(lyric_tokens, batch)
+        return (self.lyric_encoder.working_bytes(lyric_tokens, batch, element)
                 + element * (batch * frames * per_frame + condition))
 
     # ---------------------------------------------------------------- condition
-    def encode_lyrics(self, lyric_ids: torch.Tensor, lyric_mask: MaskLike = None) -> torch.Tensor:
-        """Token ids [B, L] -> lyric tokens in model width [B, L, hidden_size] (before lyrics_strength)."""
-        emb = self.lyric_embs(lyric_ids.to(self.device))
-        return self.lyric_proj(self.lyric_encoder(emb, lyric_mask))
+    def encode_lyrics(self, lyric_ids: torch.Tensor, lyric_mask: MaskLike = None,
+                      transformer_options: Optional[dict] = None) -> torch.Tensor:
+        """Token ids [B, L] -> lyric tokens in model width [B, L, hidden_size] (before lyrics_strength), computed
+        where the ids are."""
+        emb = self.lyric_embs(lyric_ids).to(self.activation_dtype)
+        return self.lyric_proj(self.lyric_encoder(emb, lyric_mask, transformer_options))
 
     def encode_condition(
         self,
@@ -268,6 +255,7 @@ class ACEStepTransformer(nn.Module):
         lyric_mask: MaskLike = None,
         speaker_embeds: Optional[torch.Tensor] = None,
         lyrics_strength: Union[float, torch.Tensor] = 1.0,
+        transformer_options: Optional[dict] = None,
     ):
         """Condition sequence [B, 1+N+L, hidden] = [speaker | genre(text_hidden) | lyrics * lyrics_strength],
         and its mask [B, 1+N+L] (float 0/1) or None when neither text_mask nor lyric_mask is given
@@ -277,14 +265,16 @@ class ACEStepTransformer(nn.Module):
         [B, speaker_dim] or None (zeros: the released checkpoint does not support speakers);
         lyrics_strength: float or [B] tensor (ComfyUI's TextEncodeAceStepAudio scale).
         """
-        dtype, device = self.dtype, self.device
-        text_hidden = text_hidden.to(device=device, dtype=dtype)
+        # Computed where the inputs are (ComfyUI's load device), not where the weights are: a partial load leaves some
+        # on the offload device, and its layers cast them at call time.
+        dtype, device = self.activation_dtype, text_hidden.device
+        text_hidden = text_hidden.to(dtype=dtype)
         batch = text_hidden.shape[0]
         if speaker_embeds is None:
             speaker_embeds = torch.zeros(batch, self.config.speaker_embedding_dim, device=device, dtype=dtype)
         speaker = self.speaker_embedder(speaker_embeds.to(device=device, dtype=dtype))[:, None]
         genre = self.genre_embedder(text_hidden)
-        lyrics = self.encode_lyrics(lyric_ids, lyric_mask)
+        lyrics = self.encode_lyrics(lyric_ids.to(device), lyric_mask, transformer_options)
         if isinstance(lyrics_strength, torch.Tensor) and lyrics_strength.ndim == 1:
             lyrics_strength = lyrics_strength.to(device=device, dtype=dtype)[:, None, None]
         lyrics = lyrics * lyrics_strength
@@ -306,6 +296,7 @@ class ACEStepTransformer(nn.Module):
         cond_mask: MaskLike = None,
         latent_mask: MaskLike = None,
         cross_kv: Optional[list] = None,
+        transformer_options: Optional[dict] = None,
     ) -> torch.Tensor:
         """Velocity (noise - clean) [B, 8, 16, W] for latent x [B, 8, 16, W] at timestep t = 1000 * sigma
         ([B] or scalar, float), given `encode_condition` output. Returned in x's dtype.
@@ -317,7 +308,7 @@ class ACEStepTransformer(nn.Module):
         here those rows just use cond_mask.) None = attend to everything, as ComfyUI does.
         """
         out_dtype = x.dtype
-        dtype, device = self.dtype, self.device
+        dtype, device = self.activation_dtype, x.device
         batch, width = x.shape[0], x.shape[-1]
         ph, pw = self.config.patch_size
         if x.shape[2] != ph:
@@ -335,11 +326,11 @@ class ACEStepTransformer(nn.Module):
         rope_cond = None if cross_kv is not None else self._cond_rope(cond)  # cached keys carry it already
         if latent_mask is not None:
             latent_mask = latent_mask.to(device=device, dtype=dtype)
-        key_mask = None if cond_mask is None else cond_mask.to(device) != 0
+        key_mask = None if cond_mask is None else additive_mask(cond_mask.to(device) != 0, dtype)[:, None, None, :]
 
         for i, block in enumerate(self.transformer_blocks):
             kv = None if cross_kv is None else cross_kv[i]
-            h = block(h, cond, temb, rope_x, rope_cond, latent_mask, key_mask, kv)
+            h = block(h, cond, temb, rope_x, rope_cond, latent_mask, key_mask, kv, transformer_options)
 
         h = self.final_layer(h, embedded_timestep)  # [B, T, ph*pw*C], C fastest
         out = self._unpatchify(h, width)
@@ -348,7 +339,7 @@ class ACEStepTransformer(nn.Module):
     def cross_attention_kv(self, cond: torch.Tensor) -> list:
         """Every block's cross-attention keys and values [(k, v) each [B, H, S, d]] for an `encode_condition`
         output: constant over a sampling run, so `decode(..., cross_kv=)` need not recompute them per step."""
-        cond = cond.to(device=self.device, dtype=self.dtype)
+        cond = cond.to(dtype=self.activation_dtype)
         rope_cond = self._cond_rope(cond)
         return [block.cross_attn.key_value(cond, rope_cond) for block in self.transformer_blocks]
 
@@ -375,8 +366,9 @@ class ACEStepTransformer(nn.Module):
         speaker_embeds: Optional[torch.Tensor] = None,
         lyrics_strength: Union[float, torch.Tensor] = 1.0,
         latent_mask: MaskLike = None,
+        transformer_options: Optional[dict] = None,
     ) -> torch.Tensor:
         cond, cond_mask = self.encode_condition(
-            text_hidden, lyric_ids, text_mask, lyric_mask, speaker_embeds, lyrics_strength
+            text_hidden, lyric_ids, text_mask, lyric_mask, speaker_embeds, lyrics_strength, transformer_options
         )
-        return self.decode(x, timestep, cond, cond_mask, latent_mask)
+        return self.decode(x, timestep, cond, cond_mask, latent_mask, transformer_options=transformer_options)

@@ -16,11 +16,14 @@ T5 numerics, all on purpose:
 - gated-GELU feed-forward with the tanh approximation.
 
 Like ComfyUI, the embeddings are looked up and the whole encoder is computed in fp32 by default, whatever the stored
-weight dtype (each Linear casts its weight to the activations' dtype).
+weight dtype: with weights stored in another dtype, pass casting `operations` (ComfyUI's manual cast, or
+`ManualCastOps`), which compute each layer in the activations' dtype. The softmax runs through the injected
+attention function with the position bias as its additive mask; T5 does not scale the logits, so the keys are
+multiplied by √d_kv beforehand (exact for d_kv = 64), as ComfyUI's T5 does.
 
 ERG ("entropy rectifying guidance") for tags: the original pipeline multiplies the outputs of
 `transformer.encoder.block[8].layer[0].SelfAttention.q` and of block 9 by 0.01 through forward hooks. Here that is
-`model(ids, q_scale={8: 0.01, 9: 0.01})` (`ERG_TAG_Q_SCALE`); the q modules stay ordinary, hookable Linears.
+`model(ids, q_scale=erg_tag_q_scale(12))`; the q modules stay ordinary, hookable Linears.
 """
 from __future__ import annotations
 
@@ -33,13 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...sampling.erg import UMT5_BLOCKS, same_relative_depth
+from ..operations import TorchOps, cast_to, sdpa_attention
 
 EOS_ID = 1
 PAD_ID = 0
-
-# Blocks whose query projection the original ACE-Step ERG-tag pass scales, and by how much.
-ERG_TAG_Q_SCALE: dict[int, float] = {8: 0.01, 9: 0.01}
-
 
 @dataclass
 class UMT5Config:
@@ -57,11 +57,6 @@ class UMT5Config:
     @classmethod
     def full_size(cls) -> "UMT5Config":
         return cls()
-
-    @classmethod
-    def tiny(cls, vocab_size: int = 512) -> "UMT5Config":
-        """~0.1 MB of fp32 weights; vocab_size should equal the tiny SentencePiece model's piece count."""
-        return cls(vocab_size=vocab_size, d_model=32, d_kv=16, num_heads=2, d_ff=64, num_layers=2)
 
     @classmethod
     def from_shapes(cls, shapes: Mapping[str, Sequence[int]]) -> "UMT5Config":
@@ -90,28 +85,18 @@ def erg_tag_q_scale(num_layers: int, scale: float = 0.01) -> dict[int, float]:
     return {i: scale for i in same_relative_depth(*UMT5_BLOCKS, num_layers)}
 
 
-class _Linear(nn.Linear):
-    """Bias-free Linear that casts its weight to the input dtype (fp32 compute over bf16/fp16 storage)."""
-
-    def __init__(self, d_in: int, d_out: int):
-        super().__init__(d_in, d_out, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
-
-
 class T5LayerNorm(nn.Module):
     """RMS norm: scale only, no mean subtraction, no bias; statistics in fp32."""
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6, dtype=None, device=None):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         variance = x.float().pow(2).mean(-1, keepdim=True)
         x = (x.float() * torch.rsqrt(variance + self.eps)).to(x.dtype)
-        return self.weight.to(x.dtype) * x
+        return cast_to(self.weight, x.dtype, x.device) * x
 
 
 def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int = 32,
@@ -134,23 +119,25 @@ def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int =
 
 
 class UMT5Attention(nn.Module):
-    def __init__(self, cfg: UMT5Config):
+    def __init__(self, cfg: UMT5Config, dtype=None, device=None, operations=TorchOps, attention=sdpa_attention):
         super().__init__()
         inner = cfg.num_heads * cfg.d_kv
         self.num_heads = cfg.num_heads
         self.d_kv = cfg.d_kv
-        self.q = _Linear(cfg.d_model, inner)
-        self.k = _Linear(cfg.d_model, inner)
-        self.v = _Linear(cfg.d_model, inner)
-        self.o = _Linear(inner, cfg.d_model)
-        self.relative_attention_bias = nn.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads)
+        self.attention = attention
+        self.q = operations.Linear(cfg.d_model, inner, bias=False, dtype=dtype, device=device)
+        self.k = operations.Linear(cfg.d_model, inner, bias=False, dtype=dtype, device=device)
+        self.v = operations.Linear(cfg.d_model, inner, bias=False, dtype=dtype, device=device)
+        self.o = operations.Linear(inner, cfg.d_model, bias=False, dtype=dtype, device=device)
+        self.relative_attention_bias = operations.Embedding(cfg.relative_attention_num_buckets, cfg.num_heads,
+                                                            dtype=dtype, device=device)
 
     def position_bias(self, buckets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """[N, N] bucket ids -> [1, H, N, N] additive logit bias of this layer."""
-        return F.embedding(buckets, self.relative_attention_bias.weight).to(dtype).permute(2, 0, 1).unsqueeze(0)
+        return self.relative_attention_bias(buckets).to(dtype).permute(2, 0, 1).unsqueeze(0)
 
     def forward(self, x: torch.Tensor, buckets: torch.Tensor, mask_bias: torch.Tensor | None,
-                q_scale: float = 1.0) -> torch.Tensor:
+                q_scale: float = 1.0, transformer_options: dict | None = None) -> torch.Tensor:
         b, n, _ = x.shape
         q = self.q(x)
         if q_scale != 1.0:
@@ -159,72 +146,76 @@ class UMT5Attention(nn.Module):
         bias = self.position_bias(buckets, x.dtype)
         if mask_bias is not None:
             bias = bias + mask_bias
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)  # T5: no 1/sqrt(d) scaling
-        return self.o(out.transpose(1, 2).reshape(b, n, self.num_heads * self.d_kv))
+        # T5 has no 1/sqrt(d) scaling: undo the attention function's on the keys.
+        out = self.attention(q, k * math.sqrt(self.d_kv), v, self.num_heads, mask=bias, skip_reshape=True,
+                             transformer_options=transformer_options or {})
+        return self.o(out)
 
 
 class UMT5LayerSelfAttention(nn.Module):
-    def __init__(self, cfg: UMT5Config):
+    def __init__(self, cfg: UMT5Config, dtype=None, device=None, operations=TorchOps, attention=sdpa_attention):
         super().__init__()
-        self.SelfAttention = UMT5Attention(cfg)
-        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.SelfAttention = UMT5Attention(cfg, dtype, device, operations, attention)
+        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon, dtype, device)
 
-    def forward(self, x, buckets, mask_bias, q_scale: float = 1.0):
-        return x + self.SelfAttention(self.layer_norm(x), buckets, mask_bias, q_scale)
+    def forward(self, x, buckets, mask_bias, q_scale: float = 1.0, transformer_options=None):
+        return x + self.SelfAttention(self.layer_norm(x), buckets, mask_bias, q_scale, transformer_options)
 
 
 class T5DenseGatedGelu(nn.Module):
-    def __init__(self, cfg: UMT5Config):
+    def __init__(self, cfg: UMT5Config, dtype=None, device=None, operations=TorchOps):
         super().__init__()
-        self.wi_0 = _Linear(cfg.d_model, cfg.d_ff)
-        self.wi_1 = _Linear(cfg.d_model, cfg.d_ff)
-        self.wo = _Linear(cfg.d_ff, cfg.d_model)
+        self.wi_0 = operations.Linear(cfg.d_model, cfg.d_ff, bias=False, dtype=dtype, device=device)
+        self.wi_1 = operations.Linear(cfg.d_model, cfg.d_ff, bias=False, dtype=dtype, device=device)
+        self.wo = operations.Linear(cfg.d_ff, cfg.d_model, bias=False, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.wo(F.gelu(self.wi_0(x), approximate="tanh") * self.wi_1(x))
 
 
 class UMT5LayerFF(nn.Module):
-    def __init__(self, cfg: UMT5Config):
+    def __init__(self, cfg: UMT5Config, dtype=None, device=None, operations=TorchOps):
         super().__init__()
-        self.DenseReluDense = T5DenseGatedGelu(cfg)
-        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.DenseReluDense = T5DenseGatedGelu(cfg, dtype, device, operations)
+        self.layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon, dtype, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.DenseReluDense(self.layer_norm(x))
 
 
 class UMT5Block(nn.Module):
-    def __init__(self, cfg: UMT5Config):
+    def __init__(self, cfg: UMT5Config, dtype=None, device=None, operations=TorchOps, attention=sdpa_attention):
         super().__init__()
         # layer[0] = self-attention, layer[1] = feed-forward: indices are part of the checkpoint keys.
-        self.layer = nn.ModuleList([UMT5LayerSelfAttention(cfg), UMT5LayerFF(cfg)])
+        self.layer = nn.ModuleList([UMT5LayerSelfAttention(cfg, dtype, device, operations, attention),
+                                    UMT5LayerFF(cfg, dtype, device, operations)])
 
-    def forward(self, x, buckets, mask_bias, q_scale: float = 1.0):
-        return self.layer[1](self.layer[0](x, buckets, mask_bias, q_scale))
+    def forward(self, x, buckets, mask_bias, q_scale: float = 1.0, transformer_options=None):
+        return self.layer[1](self.layer[0](x, buckets, mask_bias, q_scale, transformer_options))
 
 
 class UMT5Stack(nn.Module):
-    def __init__(self, cfg: UMT5Config):
+    def __init__(self, cfg: UMT5Config, dtype=None, device=None, operations=TorchOps, attention=sdpa_attention):
         super().__init__()
-        self.block = nn.ModuleList([UMT5Block(cfg) for _ in range(cfg.num_layers)])
-        self.final_layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon)
+        self.block = nn.ModuleList([UMT5Block(cfg, dtype, device, operations, attention)
+                                    for _ in range(cfg.num_layers)])
+        self.final_layer_norm = T5LayerNorm(cfg.d_model, cfg.layer_norm_epsilon, dtype, device)
 
 
 class _T5Transformer(nn.Module):
-    def __init__(self, cfg: UMT5Config):
+    def __init__(self, cfg: UMT5Config, dtype=None, device=None, operations=TorchOps, attention=sdpa_attention):
         super().__init__()
-        self.shared = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.encoder = UMT5Stack(cfg)
+        self.shared = operations.Embedding(cfg.vocab_size, cfg.d_model, dtype=dtype, device=device)
+        self.encoder = UMT5Stack(cfg, dtype, device, operations, attention)
 
 
 class UMT5Encoder(nn.Module):
     """UMT5 encoder. `forward(input_ids [B,N], attention_mask [B,N] or None) -> last_hidden_state [B,N,d]`."""
 
-    def __init__(self, config: UMT5Config):
+    def __init__(self, config: UMT5Config, dtype=None, device=None, operations=TorchOps, attention=sdpa_attention):
         super().__init__()
         self.config = config
-        self.transformer = _T5Transformer(config)
+        self.transformer = _T5Transformer(config, dtype, device, operations, attention)
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -238,7 +229,8 @@ class UMT5Encoder(nn.Module):
         return tokens * tokens * (48 + 8 * cfg.num_heads * rows) + 4 * rows * tokens * (4 * cfg.d_model + 3 * cfg.d_ff)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                q_scale: Mapping[int, float] | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                q_scale: Mapping[int, float] | None = None, dtype: torch.dtype = torch.float32,
+                transformer_options: dict | None = None) -> torch.Tensor:
         """Last hidden state after the final norm, [B, N, d_model], in `dtype` (fp32 by default, as ComfyUI).
 
         attention_mask: 1 = real token, 0 = padding; padded keys are excluded (query rows are still computed).
@@ -250,7 +242,7 @@ class UMT5Encoder(nn.Module):
             if not 0 <= i < cfg.num_layers:
                 raise ValueError(f"q_scale block {i} out of range for {cfg.num_layers} blocks")
         n = input_ids.shape[1]
-        x = F.embedding(input_ids, self.transformer.shared.weight).to(dtype)
+        x = self.transformer.shared(input_ids).to(dtype)
 
         pos = torch.arange(n, device=input_ids.device)
         buckets = relative_position_bucket(pos[None, :] - pos[:, None], cfg.relative_attention_num_buckets,
@@ -262,7 +254,7 @@ class UMT5Encoder(nn.Module):
             mask_bias = torch.zeros(keep.shape, dtype=dtype, device=x.device).masked_fill(~keep, torch.finfo(dtype).min)
 
         for i, block in enumerate(self.transformer.encoder.block):
-            x = block(x, buckets, mask_bias, scales.get(i, 1.0))
+            x = block(x, buckets, mask_bias, scales.get(i, 1.0), transformer_options)
         return self.transformer.encoder.final_layer_norm(x)
 
 

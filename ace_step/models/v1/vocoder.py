@@ -10,9 +10,9 @@ Two parts (keys as in the checkpoint's `vae.vocoder.*` without the prefix):
   1,3,5), then SiLU → conv_post k13 → tanh.
 
 The checkpoint stores the head's convolutions weight-normalised (`weight_g`/`weight_v` in older ComfyUI saves,
-`parametrizations.weight.original0/1` in newer ones). This module holds plain, already fused `weight`s:
-`fuse_weight_norm` converts a file state dict into this module's layout, `checkpoint_shapes` describes the file layout
-and `split_weight_norm` goes back (for writing checkpoints in the real layout).
+`parametrizations.weight.original0/1` in newer ones). This module holds plain, already fused `weight`s (the loader
+fuses them with `ace_step.loading.weight_norm`); `weight_norm_keys` names them and `checkpoint_shapes` describes the
+file layout.
 The analysis mel (`mel_transform`, used by the VAE encoder side) holds no tensors; the file's two mel buffers are
 derived data, listed by `unused_checkpoint_shapes`.
 """
@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...audio.dsp import LogMelSpectrogram, MelConfig
+from ...loading import weight_norm
+from ..operations import TorchOps, cast_to, with_conv_forward
 from ..time_tiles import map_time_tiles
 
 
@@ -72,18 +74,6 @@ class VocoderConfig:
         return cls()
 
     @classmethod
-    def tiny(cls) -> "VocoderConfig":
-        # Same block structure and the same 512 samples per mel frame, but 3 upsamplers (×8 each, kernel 16) so the
-        # narrow channel counts stay whole: ~1.3 MB of fp32 weights.
-        return cls(
-            backbone_dims=(16, 32, 48, 64),
-            backbone_depths=(1, 1, 2, 1),
-            upsample_initial_channel=32,
-            upsample_rates=(8, 8, 8),
-            upsample_kernels=(16, 16, 16),
-        )
-
-    @classmethod
     def from_shapes(cls, shapes: Mapping[str, tuple[int, ...]]) -> "VocoderConfig":
         """Infers the config from a vocoder key → shape mapping, in any of the three weight layouts.
 
@@ -93,8 +83,12 @@ class VocoderConfig:
         and the analysis mel keeps the real values (44.1 kHz, n_fft 2048, hop 512, 40 Hz–16 kHz) with n_mels from the
         stem.
         """
-        g_suffixes = tuple(g for g, _ in _WN_SUFFIXES.values())
-        shapes = {_fused_name(k): tuple(v) for k, v in shapes.items() if not k.endswith(g_suffixes)}
+        fused = {}
+        for key, shape in shapes.items():  # a weight-normed conv has its weight's shape in v
+            parsed = weight_norm.parse_key(key)
+            if parsed is None or parsed[1] == "v":
+                fused[key if parsed is None else parsed[0]] = tuple(shape)
+        shapes = fused
 
         def count(pattern: str) -> int:
             return len({m.group(1) for k in shapes if (m := re.match(pattern, k))})
@@ -128,20 +122,6 @@ class VocoderConfig:
 # --------------------------------------------------------------------------------------------------------------------
 # Checkpoint layout helpers (weight norm)
 
-_WN_SUFFIXES = {
-    "weight_norm": (".weight_g", ".weight_v"),
-    "parametrizations": (".parametrizations.weight.original0", ".parametrizations.weight.original1"),
-}
-
-
-def _fused_name(key: str) -> str:
-    for g_suffix, v_suffix in _WN_SUFFIXES.values():
-        for suffix in (g_suffix, v_suffix):
-            if key.endswith(suffix):
-                return key[: -len(suffix)] + ".weight"
-    return key
-
-
 def weight_norm_keys(config: VocoderConfig) -> list[str]:
     """The module keys (fused `…weight`) of the weight-normalised convolutions: conv_pre, ups, resblocks, conv_post."""
     keys = ["head.conv_pre.weight"]
@@ -151,54 +131,6 @@ def weight_norm_keys(config: VocoderConfig) -> list[str]:
              for m in range(len(config.resblock_dilations))]
     keys.append("head.conv_post.weight")
     return keys
-
-
-def fuse_weight_norm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Turns a vocoder state dict in any of the file layouts into this module's layout.
-
-    Accepts `X.weight_g`/`X.weight_v`, `X.parametrizations.weight.original0`/`original1` (g, v) or an already fused
-    `X.weight`, and returns `X.weight = g · v / ‖v‖`, the norm taken per output slice (over every dim but 0), computed
-    in fp32 and stored in v's dtype. Other keys pass through unchanged.
-    """
-    out: dict[str, torch.Tensor] = {}
-    pending: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state_dict.items():
-        for g_suffix, v_suffix in _WN_SUFFIXES.values():
-            if key.endswith(g_suffix):
-                pending.setdefault(key[: -len(g_suffix)], {})["g"] = value
-                break
-            if key.endswith(v_suffix):
-                pending.setdefault(key[: -len(v_suffix)], {})["v"] = value
-                break
-        else:
-            out[key] = value
-    for base, parts in pending.items():
-        if set(parts) != {"g", "v"}:
-            raise ValueError(f"weight-norm pair incomplete for {base}: only {sorted(parts)}")
-        g, v = parts["g"], parts["v"]
-        dims = tuple(range(1, v.ndim))
-        v32 = v.float()
-        norm = v32.pow(2).sum(dim=dims, keepdim=True).sqrt()
-        out[base + ".weight"] = (v32 * (g.float() / norm)).to(v.dtype)
-    return out
-
-
-def split_weight_norm(
-    state_dict: Mapping[str, torch.Tensor], config: VocoderConfig, variant: str = "weight_norm"
-) -> dict[str, torch.Tensor]:
-    """Inverse of `fuse_weight_norm` for writing files in the real layout: g = ‖w‖ per output slice, v = w."""
-    g_suffix, v_suffix = _WN_SUFFIXES[variant]
-    wn = set(weight_norm_keys(config))
-    out = {}
-    for key, value in state_dict.items():
-        if key in wn:
-            base = key[: -len(".weight")]
-            out[base + g_suffix] = value.float().pow(2).sum(dim=tuple(range(1, value.ndim)), keepdim=True).sqrt().to(
-                value.dtype)
-            out[base + v_suffix] = value
-        else:
-            out[key] = value
-    return out
 
 
 def unused_checkpoint_shapes(config: VocoderConfig) -> dict[str, tuple[int, ...]]:
@@ -215,10 +147,9 @@ def checkpoint_shapes(config: VocoderConfig, variant: str = "weight_norm") -> di
     variant "weight_norm": `weight_g` [out, 1, …] / `weight_v`; "parametrizations": `original0` / `original1`;
     "fused": plain `weight` (this module's own layout).
     """
-    with torch.device("meta"):
-        module_shapes = {k: tuple(v.shape) for k, v in Vocoder(config).state_dict().items()}
+    module_shapes = {k: tuple(v.shape) for k, v in Vocoder(config, device="meta").state_dict().items()}
     if variant != "fused":
-        g_suffix, v_suffix = _WN_SUFFIXES[variant]
+        g_suffix, v_suffix = weight_norm.SPELLINGS[variant]
         for key in weight_norm_keys(config):
             shape = module_shapes.pop(key)
             base = key[: -len(".weight")]
@@ -235,47 +166,51 @@ def checkpoint_shapes(config: VocoderConfig, variant: str = "weight_norm") -> di
 class ChannelsFirstLayerNorm(nn.Module):
     """LayerNorm over the channel axis of [B, C, T] (eps 1e-6)."""
 
-    def __init__(self, channels: int, eps: float = 1e-6):
+    def __init__(self, channels: int, eps: float = 1e-6, dtype=None, device=None):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.weight = nn.Parameter(torch.ones(channels, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.zeros(channels, dtype=dtype, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.transpose(1, 2), (x.shape[1],), self.weight, self.bias, self.eps).transpose(1, 2)
+        weight, bias = cast_to(self.weight, x.dtype, x.device), cast_to(self.bias, x.dtype, x.device)
+        return F.layer_norm(x.transpose(1, 2), (x.shape[1],), weight, bias, self.eps).transpose(1, 2)
 
 
 class ConvNeXtBlock(nn.Module):
-    def __init__(self, dim: int, kernel_size: int):
+    def __init__(self, dim: int, kernel_size: int, dtype=None, device=None, operations=TorchOps):
         super().__init__()
-        self.dwconv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.pwconv2 = nn.Linear(4 * dim, dim)
-        self.gamma = nn.Parameter(torch.ones(dim))  # layer scale
+        self.dwconv = operations.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, dtype=dtype,
+                                        device=device)
+        self.norm = operations.LayerNorm(dim, eps=1e-6, dtype=dtype, device=device)
+        self.pwconv1 = operations.Linear(dim, 4 * dim, dtype=dtype, device=device)
+        self.pwconv2 = operations.Linear(4 * dim, dim, dtype=dtype, device=device)
+        self.gamma = nn.Parameter(torch.ones(dim, dtype=dtype, device=device))  # layer scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.dwconv(x).transpose(1, 2))
-        y = self.pwconv2(F.gelu(self.pwconv1(y))) * self.gamma
+        y = self.pwconv2(F.gelu(self.pwconv1(y))) * cast_to(self.gamma, y.dtype, y.device)
         return x + y.transpose(1, 2)
 
 
 class ConvNeXtBackbone(nn.Module):
-    def __init__(self, config: VocoderConfig):
+    def __init__(self, config: VocoderConfig, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         dims, k = config.backbone_dims, config.backbone_kernel
         stem = nn.Sequential(
-            nn.Conv1d(config.n_mels, dims[0], k, padding=k // 2, padding_mode="replicate"),
-            ChannelsFirstLayerNorm(dims[0]),
+            operations.Conv1d(config.n_mels, dims[0], k, padding=k // 2, padding_mode="replicate", dtype=dtype,
+                              device=device),
+            ChannelsFirstLayerNorm(dims[0], dtype=dtype, device=device),
         )
-        transitions = [nn.Sequential(ChannelsFirstLayerNorm(dims[i]), nn.Conv1d(dims[i], dims[i + 1], 1))
+        transitions = [nn.Sequential(ChannelsFirstLayerNorm(dims[i], dtype=dtype, device=device),
+                                     operations.Conv1d(dims[i], dims[i + 1], 1, dtype=dtype, device=device))
                        for i in range(len(dims) - 1)]
         self.channel_layers = nn.ModuleList([stem] + transitions)
         self.stages = nn.ModuleList(
-            nn.Sequential(*(ConvNeXtBlock(d, k) for _ in range(depth)))
+            nn.Sequential(*(ConvNeXtBlock(d, k, dtype, device, operations) for _ in range(depth)))
             for d, depth in zip(dims, config.backbone_depths)
         )
-        self.norm = ChannelsFirstLayerNorm(dims[-1])
+        self.norm = ChannelsFirstLayerNorm(dims[-1], dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for transition, stage in zip(self.channel_layers, self.stages):
@@ -287,34 +222,39 @@ class ConvNeXtBackbone(nn.Module):
 # Head (HiFi-GAN generator)
 
 
+def _conv1d_any_layout(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """This 1-D convolution on [B, C, T], or on [B, C, 1, T] (channels-last time tiles) as a 2-D one."""
+    if x.ndim == 3:
+        return F.conv1d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+    return F.conv2d(x, weight.unsqueeze(2), bias, padding=(0, self.padding[0]), dilation=(1, self.dilation[0]),
+                    groups=self.groups)
+
+
 class ResBlock1(nn.Module):
     """Three (SiLU → dilated conv → SiLU → conv) residual steps at one kernel size.
 
     Takes [B, C, T], or [B, C, 1, T] (the layout of the head's time tiles, run as 2-D convolutions)."""
 
-    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]):
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...], dtype=None, device=None,
+                 operations=TorchOps):
         super().__init__()
+        conv = with_conv_forward(operations.Conv1d, _conv1d_any_layout, "Conv1dAnyLayout")
         self.convs1 = nn.ModuleList(
-            nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2)
+            conv(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2, dtype=dtype,
+                 device=device)
             for d in dilations
         )
         self.convs2 = nn.ModuleList(
-            nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations
+            conv(channels, channels, kernel_size, padding=(kernel_size - 1) // 2, dtype=dtype, device=device)
+            for _ in dilations
         )
         # Samples on each side that one output sample depends on.
         self.context = sum(c1.padding[0] + c2.padding[0] for c1, c2 in zip(self.convs1, self.convs2))
 
-    @staticmethod
-    def _conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim == 3:
-            return conv(x)
-        return F.conv2d(x, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]),
-                        dilation=(1, conv.dilation[0]))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # In place where a tensor is fresh and used once: at audio rate every allocation is tens of MB.
         for c1, c2 in zip(self.convs1, self.convs2):
-            x = self._conv(c2, F.silu(self._conv(c1, F.silu(x)), inplace=True)).add_(x)
+            x = c2(F.silu(c1(F.silu(x)), inplace=True)).add_(x)
         return x
 
 
@@ -330,21 +270,22 @@ class HiFiGANHead(nn.Module):
 
     tile_elements: int | None = 2 ** 20
 
-    def __init__(self, config: VocoderConfig):
+    def __init__(self, config: VocoderConfig, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         ch = config.upsample_initial_channel
-        self.conv_pre = nn.Conv1d(config.backbone_dims[-1], ch, config.pre_conv_kernel,
-                                  padding=(config.pre_conv_kernel - 1) // 2)
+        kw = dict(dtype=dtype, device=device)
+        self.conv_pre = operations.Conv1d(config.backbone_dims[-1], ch, config.pre_conv_kernel,
+                                          padding=(config.pre_conv_kernel - 1) // 2, **kw)
         self.ups = nn.ModuleList()
         self.resblocks = nn.ModuleList()  # flat, len(ups) × len(resblock_kernels), as in the checkpoint
         for i, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernels)):
             cin, cout = ch // 2 ** i, ch // 2 ** (i + 1)
-            self.ups.append(nn.ConvTranspose1d(cin, cout, kernel, rate, padding=(kernel - rate) // 2))
+            self.ups.append(operations.ConvTranspose1d(cin, cout, kernel, rate, padding=(kernel - rate) // 2, **kw))
             for k in config.resblock_kernels:
-                self.resblocks.append(ResBlock1(cout, k, config.resblock_dilations))
+                self.resblocks.append(ResBlock1(cout, k, config.resblock_dilations, operations=operations, **kw))
         self.num_kernels = len(config.resblock_kernels)
-        self.conv_post = nn.Conv1d(ch // 2 ** len(config.upsample_rates), 1, config.post_conv_kernel,
-                                   padding=(config.post_conv_kernel - 1) // 2)
+        self.conv_post = operations.Conv1d(ch // 2 ** len(config.upsample_rates), 1, config.post_conv_kernel,
+                                           padding=(config.post_conv_kernel - 1) // 2, **kw)
 
     def _level(self, i: int, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         x = self.ups[i](F.silu(x))
@@ -381,11 +322,11 @@ class HiFiGANHead(nn.Module):
 class Vocoder(nn.Module):
     """mel [B, n_mels, F] → waveform [B, 1, hop·F] (`forward`/`decode`); waveform → log-mel (`mel_transform`)."""
 
-    def __init__(self, config: VocoderConfig):
+    def __init__(self, config: VocoderConfig, dtype=None, device=None, operations=TorchOps):
         super().__init__()
         self.config = config
-        self.backbone = ConvNeXtBackbone(config)
-        self.head = HiFiGANHead(config)
+        self.backbone = ConvNeXtBackbone(config, dtype, device, operations)
+        self.head = HiFiGANHead(config, dtype, device, operations)
         self.mel_transform = LogMelSpectrogram(config.mel)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
