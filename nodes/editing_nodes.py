@@ -16,17 +16,16 @@ from ..ace_step.models.v1.latent import CHANNELS, HEIGHT, TRAINED_SECONDS, frame
 from ..comfy_bridge.models import check_song_latent
 from .common import CATEGORY, choice, display_name, finite, node_id
 from .latent import MAX_SECONDS
-from .sampler_nodes import (
-    OriginalSampler,
-    _guidance_inputs,
-    _random_unless_seeded,
-    _settings,
+from .sampling_inputs import (
+    guidance_inputs,
+    guidance_settings,
+    original_sampler_inputs,
+    random_unless_seeded,
     seeds_and_frames,
 )
 
 EDIT_CATEGORY = f"{CATEGORY}/editing"
-GUIDANCE = list(_guidance_inputs())
-SAMPLER_INPUTS = {i.id: i for i in OriginalSampler.define_schema().inputs}
+GUIDANCE = list(guidance_inputs())
 RETAKE_SEEDS_TOOLTIP = ("Seeds of the new noise, one per song; empty = random (see the retake_seeds output). Keep "
                         "seeds fixed and change these for variations of the same song.")
 EDIT_PRESETS = {"only_lyrics": (0.6, 1.0), "remix": (0.2, 0.4)}  # the original app's (n_min, n_max)
@@ -42,7 +41,8 @@ def _common_inputs(source_tooltip: str) -> list:
 
 def _sampling_inputs(*names: str) -> list:
     """The original sampler's widgets of these names, as they are there (same defaults and tooltips)."""
-    return [SAMPLER_INPUTS[n] for n in names]
+    inputs = original_sampler_inputs()
+    return [inputs[n] for n in names]
 
 
 def _batch(source: torch.Tensor, seeds: str, retake_seeds: str = "") -> tuple[torch.Tensor, list[int], list[int]]:
@@ -87,7 +87,7 @@ def masked_sampling(model, positive, x0: torch.Tensor, z0: torch.Tensor, mask: t
 class Retake(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        s = SAMPLER_INPUTS
+        s = original_sampler_inputs()
         return io.Schema(
             node_id=node_id("Retake"),
             display_name=display_name("ACE-Step Retake"),
@@ -111,7 +111,7 @@ class Retake(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
-        fingerprints = [_random_unless_seeded(kwargs.get(key)) for key in ("seeds", "retake_seeds")]
+        fingerprints = [random_unless_seeded(kwargs.get(key)) for key in ("seeds", "retake_seeds")]
         return float("nan") if any(isinstance(f, float) for f in fingerprints) else tuple(fingerprints)  # NaN: rerun
 
     @classmethod
@@ -124,7 +124,7 @@ class Retake(io.ComfyNode):
         start = editing.retake_noise(_noise(seeds, frames).to(dtype), _noise(retake, frames).to(dtype),
                                      retake_variance)
         schedule = orig.original_schedule(model, steps, scheduler, oss_steps)
-        samples = orig.sample_original(model, positive, seeds, frames, _settings(**guidance), schedule, omega_scale,
+        samples = orig.sample_original(model, positive, seeds, frames, guidance_settings(**guidance), schedule, omega_scale,
                                        use_erg_tag, use_erg_lyric, start=start)
         return _output(samples, seeds, retake)
 
@@ -189,7 +189,7 @@ class Repaint(io.ComfyNode):
         mask = editing.repaint_mask(frames, start, end)
         dtype = model.model_dtype()  # the original mixes the noise in its pipeline dtype
         z0 = editing.repaint_noise(_noise(seeds, frames).to(dtype), _noise(retake, frames).to(dtype), mask, variance)
-        x = masked_sampling(model, positive, src, z0, mask, _settings(**guidance), steps,
+        x = masked_sampling(model, positive, src, z0, mask, guidance_settings(**guidance), steps,
                             editing.repaint_start_step(steps, variance), use_erg_tag, use_erg_lyric)
         # The loop puts the source back in the model dtype; here it is the source's own float32 values.
         return _output(torch.where(mask, x.float().cpu(), src), seeds, retake)
@@ -239,23 +239,13 @@ class Extend(io.ComfyNode):
         src, seeds, retake = _batch(source["samples"], seeds, retake_seeds)
         length = src.shape[-1]
         left, right = frames_for_seconds(left_seconds), frames_for_seconds(right_seconds)
-        if left + right == 0:
-            raise ValueError("nothing to extend: left_seconds and right_seconds are both under one latent frame "
-                             "(0.093 s)")
         total = left + length + right
         window = frames_for_seconds(window_seconds) if window_seconds > 0 else total
-        if total > window and left and right:
-            raise ValueError(f"the result ({seconds_for_frames(total):.1f} s) is longer than window_seconds "
-                             f"({window_seconds:g} s) on both sides: extend one side per Extend node (chain two), "
-                             "or raise window_seconds (0 = no window)")
-        if total > window and max(left, right) >= window:
-            raise ValueError(f"the extension ({seconds_for_frames(max(left, right)):.1f} s) does not fit in window_seconds "
-                             f"({window_seconds:g} s) beside any of the song: raise window_seconds (0 = no window)")
         noise = _noise(seeds, length)
         # The original draws the new parts' noise as long as the song; longer extensions need more.
         new = _noise(retake, max(length, left, right))
         plan = editing.extend_plan(src, noise, new, left, right, window)
-        x = masked_sampling(model, positive, plan.x0, plan.z0, plan.mask, _settings(**guidance), steps,
+        x = masked_sampling(model, positive, plan.x0, plan.z0, plan.mask, guidance_settings(**guidance), steps,
                             editing.repaint_start_step(steps, 1.0), use_erg_tag, use_erg_lyric)
         out = plan.finish(x.float().cpu())
         out[..., left:left + length] = src  # the song as it came in (the loop keeps it in the model dtype)
@@ -309,8 +299,8 @@ class LyricEdit(io.ComfyNode):
                                        "with the new text takes over (1: never)."),
                 io.Int.Input("n_avg", default=1, min=1, max=16,
                              tooltip="Noise draws averaged per edit step (smoother edits, n_avg times slower)."),
-                SAMPLER_INPUTS["seeds"],
-                SAMPLER_INPUTS["steps"],
+                original_sampler_inputs()["seeds"],
+                original_sampler_inputs()["steps"],
                 io.Float.Input("guidance_scale", default=15.0, min=0.0, max=100.0, step=0.1,
                                tooltip="APG guidance at every step (0 or 1: off), as the original's edit."),
             ],
@@ -319,7 +309,7 @@ class LyricEdit(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
-        return _random_unless_seeded(kwargs.get("seeds"))
+        return random_unless_seeded(kwargs.get("seeds"))
 
     @classmethod
     def execute(cls, model, source, source_positive, target_positive, preset, n_min, n_max, n_avg, seeds, steps,
@@ -361,7 +351,7 @@ class LyricEdit(io.ComfyNode):
 class Audio2Audio(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        s = SAMPLER_INPUTS
+        s = original_sampler_inputs()
         return io.Schema(
             node_id=node_id("Audio2Audio"),
             display_name=display_name("ACE-Step Audio2Audio"),
@@ -386,7 +376,7 @@ class Audio2Audio(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
-        return _random_unless_seeded(kwargs.get("seeds"))
+        return random_unless_seeded(kwargs.get("seeds"))
 
     @classmethod
     def execute(cls, model, positive, reference, ref_audio_strength, seeds, steps, scheduler, omega_scale,
@@ -400,7 +390,7 @@ class Audio2Audio(io.ComfyNode):
         frames = ref.shape[-1]
         start = editing.noised(ref, _noise(seeds, frames), levels[first])
         schedule = orig.original_schedule(model, steps, scheduler)
-        samples = orig.sample_original(model, positive, seeds, frames, _settings(**guidance), schedule, omega_scale,
+        samples = orig.sample_original(model, positive, seeds, frames, guidance_settings(**guidance), schedule, omega_scale,
                                        use_erg_tag, use_erg_lyric, start=start, first_step=first)
         return _output(samples, seeds)
 

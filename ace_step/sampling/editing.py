@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .flow_steps import Velocity, as_sigma, euler_step, model_timestep, pingpong_step
-from ..models.v1.latent import TRAINED_SECONDS, frames_for_seconds
+from ..models.v1.latent import TRAINED_SECONDS, frames_for_seconds, seconds_for_frames
 from .schedules import NUM_TRAIN_TIMESTEPS
 
 MAX_FRAMES = frames_for_seconds(TRAINED_SECONDS)  # 2583: the original's 240 s limit for extend
@@ -123,14 +123,20 @@ def extend_plan(src: torch.Tensor, noise: torch.Tensor, retake: torch.Tensor, le
         raise ValueError(f"seed noise has {noise.shape[-1]} frames, the source {length}")
     if left_frames < 0 or right_frames < 0:
         raise ValueError("extend frames must be >= 0")
+    if left_frames + right_frames == 0:
+        raise ValueError("nothing to extend: left_seconds and right_seconds are both under one latent frame "
+                         "(0.093 s)")
     if max(left_frames, right_frames) > retake.shape[-1]:
         raise ValueError(f"retake noise has {retake.shape[-1]} frames, fewer than the extension")
     total = left_frames + length + right_frames
     overflow = max(0, total - max_frames)
+    window = f"window_seconds ({seconds_for_frames(max_frames):.1f} s)"
     if overflow and left_frames and right_frames:
-        raise ValueError(f"a two-sided extend must fit in {max_frames} frames, got {total}")
+        raise ValueError(f"the result ({seconds_for_frames(total):.1f} s) is longer than {window} on both sides: "
+                         "extend one side per Extend node (chain two), or raise window_seconds (0 = no window)")
     if overflow >= length:
-        raise ValueError(f"the extension alone exceeds {max_frames} frames")
+        raise ValueError(f"the extension ({seconds_for_frames(max(left_frames, right_frames)):.1f} s) does not fit "
+                         f"in {window} beside any of the song: raise window_seconds (0 = no window)")
 
     x0 = torch.nn.functional.pad(src, (left_frames, right_frames))
     head_trim = overflow if right_frames else 0  # extending right drops the source's start, left its end
