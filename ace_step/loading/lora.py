@@ -35,7 +35,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Union
+from typing import ClassVar, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -71,6 +71,10 @@ _OTHER_MODELS = (
     (("lora_te", "text_model", "text_encoder"), "a text encoder (CLIP / T5)"),
 )
 _FOR_ACE = "Use a LoRA trained for ACE-Step v1 3.5B (its keys name transformer_blocks.N.attn.to_q and the like)."
+# Module names only one ACE-Step generation has, as they appear in adapter keys (dotted or underscored).
+V1_MARKERS = re.compile(r"transformer_blocks|lyric_encoder[._]encoders|speaker_embedder|genre_embedder")
+V15_MARKERS = re.compile(r"(?:^base_model\.model\.|^lycoris_|decoder[._])layers[._]\d+[._](?:self_attn|cross_attn|mlp)"
+                         r"|condition_embedder|time_embed_r")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class LoraWeight:
     down: torch.Tensor  # [rank, in, *kernel]
     up: torch.Tensor  # [out, rank, 1, ...]
     scale: float
+    comfy_kind: ClassVar[str] = "lora"  # the ComfyUI weight adapter this pair becomes (`comfy_weights`)
 
     @property
     def rank(self) -> int:
@@ -98,6 +103,12 @@ class LoraWeight:
         up = self.up.to(device=device, dtype=torch.float32).flatten(1)
         down = self.down.to(device=device, dtype=torch.float32).flatten(1)
         return torch.mm(up, down).reshape(shape)
+
+    def comfy_weights(self) -> tuple:
+        """The weights tuple of ComfyUI's `LoRAAdapter` (comfy/weight_adapter/lora.py, 0.3.75): (up, down, alpha,
+        mid, dora_scale, reshape). ComfyUI scales by alpha / down.shape[0], so alpha = scale · rank gives this
+        weight's scale, rsLoRA included."""
+        return (self.up, self.down, self.scale * self.rank, None, None, None)
 
 
 @dataclass
@@ -221,6 +232,10 @@ def parse_lora(file: LoraFile, model: ModelLike, scaling: LoraScaling = LoraScal
     """
     path, tensors = file.path, file.tensors
     shapes = _shapes(model)
+    v15 = [k for k in tensors if V15_MARKERS.search(k)]
+    if v15:
+        raise WrongModelError(path, f"this adapter is for ACE-Step 1.5 (keys such as {listing(v15, 2)}), not "
+                                    "ACE-Step v1.", "Apply it to an ACE-Step 1.5 model with the ACE-Step 1.5 LoRA node.")
     for pattern, kind in _OTHER_ADAPTERS:
         found = [k for k in tensors if re.search(pattern, k)]
         if found:
@@ -280,27 +295,40 @@ def parse_lora(file: LoraFile, model: ModelLike, scaling: LoraScaling = LoraScal
         log.info("%s: %d LoRA modules sit on layers ACE-Step v1 never runs and are skipped: %s",
                  path, len(ignored), listing(ignored, 3))
 
+    weights, sources = lora_pair_weights(file, named, shapes, scaling, "ACE-Step v1 3.5B")
+    return Lora(weights, describe_scales(weights, sources), tuple(sorted(ignored)))
+
+
+def lora_pair_weights(file: LoraFile, named: Mapping[str, Mapping[str, str]], shapes: Mapping[str, tuple],
+                      scaling: LoraScaling, model_name: str) -> tuple[dict[str, LoraWeight], set[str]]:
+    """{parameter name: LoraWeight} of the low-rank pairs `named` ({module: {"down"|"up"|"alpha": key}}), each scaled
+    by the first source that has its alpha and rank scaling (module docstring), and the sources in words."""
     config = _config(file, scaling)
     weights, sources = {}, set()
     for name, group in sorted(named.items()):
-        down, up = _pair(path, name, group, tensors, shapes[name + ".weight"])
+        down, up = _pair(file.path, name, group, file.tensors, shapes[name + ".weight"], model_name)
         expected = _pattern(config.rank_pattern, name, config.r) if config else None
         if expected is not None and expected != down.shape[0]:
             raise CheckpointMismatchError(
-                path, f"{config.source} says rank {expected} for {name!r}, but its tensors have rank "
-                      f"{down.shape[0]} ({group['down']}).",
+                file.path, f"{config.source} says rank {expected} for {name!r}, but its tensors have rank "
+                           f"{down.shape[0]} ({group['down']}).",
                 "That config belongs to another LoRA: remove it, or override alpha and rank scaling.")
-        alpha, source = _alpha(name, group, tensors, config, scaling, down.shape[0])
+        alpha, source = _alpha(name, group, file.tensors, config, scaling, down.shape[0])
         rslora = scaling.rslora if scaling.rslora is not None else bool(config and config.rslora)
         scale = alpha / (math.sqrt(down.shape[0]) if rslora else down.shape[0])
         weights[name + ".weight"] = LoraWeight(down, up, scale)
         sources.add(f"{source}; {'alpha/√rank (rsLoRA)' if rslora else 'alpha/rank'}")
+    return weights, sources
+
+
+def describe_scales(weights: Mapping[str, object], sources: Iterable[str]) -> str:
     scales = sorted({w.scale for w in weights.values()})
     shown = ", ".join(f"{s:g}" for s in scales[:3]) + (", ..." if len(scales) > 3 else "")
-    return Lora(weights, f"scale {shown} ({' | '.join(sorted(sources))})", tuple(sorted(ignored)))
+    return f"scale {shown} ({' | '.join(sorted(sources))})"
 
 
-def _pair(path, name: str, group: Mapping[str, str], tensors, weight_shape: tuple) -> tuple[torch.Tensor, ...]:
+def _pair(path, name: str, group: Mapping[str, str], tensors, weight_shape: tuple,
+          model_name: str) -> tuple[torch.Tensor, ...]:
     if "down" not in group or "up" not in group:
         have, lack = ("down", "up") if "down" in group else ("up", "down")
         raise CheckpointMismatchError(path, f"module {name!r} has a LoRA {have} tensor ({group.get(have)}) but no "
@@ -318,7 +346,7 @@ def _pair(path, name: str, group: Mapping[str, str], tensors, weight_shape: tupl
             path, f"{name!r} is {list(weight_shape)} in this model, but the LoRA's up @ down gives "
                   f"{[up.shape[0], down[0].numel()]} ({group['up']} {list(up.shape)}, {group['down']} "
                   f"{list(down.shape)}).",
-            "The LoRA was made for a model of another size: use one made for this checkpoint (ACE-Step v1 3.5B).")
+            f"The LoRA was made for a model of another size: use one made for this checkpoint ({model_name}).")
     return down, up
 
 
