@@ -148,9 +148,8 @@ def comfy_adapters():
 
 
 def _comfy_apply(adapters, weight, base, strength):
-    out = base.clone()
     patch = adapters[weight.comfy_kind](set(), weight.comfy_weights())
-    return patch.calculate_weight(out, "key", strength, 1.0, None, lambda w: w)
+    return patch.calculate_weight(base.clone(), "key", strength, 1.0, None, lambda w: w)
 
 
 @pytest.mark.parametrize("kind, kwargs", [
@@ -168,6 +167,9 @@ def test_comfyui_adapters_apply_our_tuples(comfy_adapters, kind, kwargs):
     else:
         tensors, config = make_v15_lokr(SHAPES, targets=targets, seed=8, **kwargs), None
     adapter = parse_v15_adapter(_file(tensors, config), SHAPES)
+    patches = adapter.comfy_patches()
+    assert sorted(patches) == sorted("diffusion_model." + k for k in adapter.weights)
+    assert {kind for kind, _ in patches.values()} == {kind}
     worst = 0.0
     for key, weight in adapter.weights.items():
         base = torch.randn(SHAPES[key], generator=torch.Generator().manual_seed(9))

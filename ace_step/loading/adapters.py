@@ -16,10 +16,10 @@ What the original trains (ace-step/ACE-Step-1.5):
   algo "lokr", format "lycoris") with keys `lycoris_<decoder module, '.' -> '_'>.lokr_w1`, `.lokr_w2` or
   `.lokr_w2_a` / `.lokr_w2_b` (also `.lokr_w1_a` / `.lokr_w1_b`) and `.alpha`. LyCORIS (lycoris-lora 4.1.3,
   `lycoris/modules/lokr.py`): delta W = multiplier · (alpha / dim) · kron(w1, w2) with w1 = w1_a @ w1_b and
-  w2 = w2_a @ w2_b when factored, dim their rank; with neither side factored the scale is 1 whatever alpha; the
-  saved alpha already holds rsLoRA's √dim (alpha · dim / √dim). The trainer's target names do not match in LyCORIS
-  4.x, which then wraps every Linear and Conv1d of the decoder (mlp, time_embed*, condition_embedder, proj_in.1
-  too): any decoder module is accepted here.
+  w2 = w2_a @ w2_b when factored, dim their rank; with neither side factored the scale is 1 whatever alpha; a module
+  built with rs_lora saves alpha · √dim, so saved alpha / dim is its scale too. The trainer's target names do not
+  match in LyCORIS 4.x, which then wraps every Linear and Conv1d of the decoder (mlp, time_embed*,
+  condition_embedder, proj_in.1 too): any decoder module is accepted here.
 ComfyUI maps the same spellings for its ACE-Step 1.5 model (`comfy/lora.py` `model_lora_keys_unet`:
 `base_model.model.<decoder module>` and `lycoris_<decoder module>`), plus its own `diffusion_model.<parameter>`.
 
@@ -121,6 +121,11 @@ class Adapter:
     weights: dict[str, AdapterWeight]  # AceStep15 parameter name -> factors
     kind: str  # "LoRA", "LoKr" or "LoRA + LoKr"
     scaling: str  # where the scales came from, in words
+
+    def comfy_patches(self, prefix: str = "diffusion_model.") -> dict[str, tuple[str, tuple]]:
+        """{patch key: (ComfyUI adapter name "lora" | "lokr", its weights tuple)}: the bridge builds
+        `LoRAAdapter(set(), weights)` / `LoKrAdapter(set(), weights)` and adds them with the strength."""
+        return {prefix + name: (w.comfy_kind, w.comfy_weights()) for name, w in self.weights.items()}
 
 
 def load_v15_adapter(path, model: ModelLike, scaling: LoraScaling = LoraScaling()) -> Adapter:

@@ -235,7 +235,8 @@ def parse_lora(file: LoraFile, model: ModelLike, scaling: LoraScaling = LoraScal
     v15 = [k for k in tensors if V15_MARKERS.search(k)]
     if v15:
         raise WrongModelError(path, f"this adapter is for ACE-Step 1.5 (keys such as {listing(v15, 2)}), not "
-                                    "ACE-Step v1.", "Apply it to an ACE-Step 1.5 model with the ACE-Step 1.5 LoRA node.")
+                                    "ACE-Step v1.",
+                              "Apply it to an ACE-Step 1.5 model with the ACE-Step 1.5 LoRA node.")
     for pattern, kind in _OTHER_ADAPTERS:
         found = [k for k in tensors if re.search(pattern, k)]
         if found:

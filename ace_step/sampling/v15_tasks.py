@@ -142,9 +142,7 @@ class TaskPlan:
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """The sampled latents [B, C, T] with the frames cut off before sampling put back on either side."""
-        parts = [p.to(x) for p in (self.head,) if p is not None] + [x]
-        parts += [p.to(x) for p in (self.tail,) if p is not None]
-        return torch.cat(parts, dim=-1)
+        return torch.cat([p.to(x) if p is not x else x for p in (self.head, x, self.tail) if p is not None], dim=-1)
 
     def text2music_phase(self) -> "TaskPlan":
         """The plan of the cover switch's second phase (`audio_cover_strength` < 1): silence source, not a cover,
@@ -182,10 +180,10 @@ def _silence(silence: torch.Tensor, frames: int, like: torch.Tensor) -> torch.Te
 
 
 def _plan(task: str, instruction: str, source: torch.Tensor, silence: torch.Tensor, cover: bool,
-          metas_duration: float, chunk: Optional[torch.Tensor] = None, **kw) -> TaskPlan:
+          metas_duration: float, **kw) -> TaskPlan:
+    """A plan that generates every frame (chunk mask 1)."""
     b, _, t = source.shape
-    if chunk is None:
-        chunk = torch.ones(b, 1, t, dtype=source.dtype, device=source.device)
+    chunk = torch.ones(b, 1, t, dtype=source.dtype, device=source.device)
     covers = torch.full((b,), cover, dtype=torch.bool, device=source.device)
     return TaskPlan(task, instruction, source, chunk, covers, silence, metas_duration, **kw)
 
