@@ -45,7 +45,9 @@ class PlannerLM(Protocol):
     `prefill` starts new sequences: input_ids [B, L] int64, rows left-padded with <|endoftext|>; key_padding [B, L]
     bool, True at padding, which attention must ignore (positions should count the real tokens only, as the
     original's nano-vllm backend has no padding at all). Returns the logits [B, V] of each row's last position,
-    V >= 217204. `step` appends token_ids [B, 1] (same device as the logits) and returns the next logits [B, V]."""
+    V >= 217204. `step` appends token_ids [B, 1] (same device as the logits) and returns the next logits [B, V].
+    An LM may also have `release()`, which frees what it holds for the sequences (a KV cache): `plan` calls it
+    when it ends, by an exception too (a ComfyUI interrupt raised from `on_progress`)."""
 
     def prefill(self, input_ids: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor: ...
 
@@ -165,6 +167,17 @@ def plan(lm: PlannerLM, tokenizer: QwenTokenizer, request: PlanRequest, params: 
     """Metadata (phase 1 when needed) and audio codes (phase 2 when asked) for one song. `on_progress(done, total)`
     is called every `progress_every` tokens and at the end of each phase; it may raise to interrupt. `device`:
     where the prompt ids go (the LM's)."""
+    try:
+        return _plan(lm, tokenizer, request, params, on_progress, progress_every, device)
+    finally:
+        release = getattr(lm, "release", None)
+        if release is not None:
+            release()
+
+
+def _plan(lm: PlannerLM, tokenizer: QwenTokenizer, request: PlanRequest, params: SamplingParams,
+          on_progress: Optional[ProgressCallback], progress_every: int, device: Union[str, torch.device]
+          ) -> PlanResult:
     vocab = planner_vocab(tokenizer)
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(params.seed)
