@@ -1,6 +1,8 @@
 """Side-by-side benchmark: this pack vs ComfyUI's native ACE-Step, on identical weights, text to audio end to end.
 
-    .venv/bin/python scripts/benchmark.py --preset cpu            # the CPU table of BENCHMARKS.md
+    .venv/bin/python scripts/benchmark.py --preset cpu            # the CPU table of BENCHMARKS.md (reduced DiT)
+    .venv/bin/python scripts/benchmark.py --preset cpu-full       # its full-size row (3.5B, fp32, ~15 GB a side)
+    .venv/bin/python scripts/benchmark.py --preset cpu-full --load-only  # whether each side's load fits the RAM
     .venv/bin/python scripts/benchmark.py --preset gpu            # full-size 3.5B, bf16, on CUDA
     .venv/bin/python scripts/benchmark.py --preset gpu --lowvram  # the same under ComfyUI's --lowvram
 
@@ -12,15 +14,20 @@ decode (VAEDecodeAudio / AceStudioLatentToAudio). Each implementation runs in it
 own), the two alternate (native first on even repeats, pack first on odd ones), and the table reports medians.
 
 Identical weights: one generated checkpoint in the real all-in-one layout, random weights (its audio is noise, which
-does not change the work done). ComfyUI builds its VAE, UMT5 and lyric encoder only at full size, so those are full
-size; the DiT is reduced on CPU (`--width`, `--layers`), and native ComfyUI builds it through the test-only hook in
-tests/native_hook. UMT5 weights hold values that fp16 and bf16 both represent, because native ComfyUI keeps its text
-encoder in fp16. The latents of both sides (same seed, same noise) are compared: the script exits with 1 if their
-max |difference| exceeds the tolerance of the dtype.
+does not change the work done), written tensor by tensor (tests/fixtures/tiny_checkpoint.py `stream_tiny_checkpoint`:
+the writer holds about one tensor, so the full-size fp32 file, 14.8 GB, is written on a 24 GB machine). ComfyUI builds
+its VAE, UMT5 and lyric encoder only at full size, so those are full size; the DiT is reduced in the `cpu` preset
+(`--width`, `--layers`), and native ComfyUI builds a reduced one through the test-only hook in tests/native_hook. A
+reduced DiT flatters the diffusion speedup (the condition encoders whose output the pack caches weigh more beside a
+small DiT); `cpu-full` measures the real size. UMT5 weights hold values that fp16 and bf16 both represent, because
+native ComfyUI keeps its text encoder in fp16. The latents of both sides (same seed, same noise) are compared: the
+script exits with 1 if their max |difference| exceeds the tolerance of the dtype.
 
 Timings: encode = text encoding (tokenizers + UMT5), diffusion = sampling (condition encoding, DiT, guidance),
 decode = latent to waveform; "s per audio s" = total / (seconds x batch). Memory per phase: peak RSS (the kernel's
-high-water mark, reset before each phase) and, on CUDA, torch.cuda.max_memory_allocated / max_memory_reserved.
+high-water mark, reset before each phase) and, on CUDA, torch.cuda.max_memory_allocated / max_memory_reserved. The
+load is measured the same way, and its resident memory split into anonymous (the process's own) and file-backed
+pages (the checkpoint's page cache while mapped: the kernel can drop those, so the anonymous part is what must fit).
 """
 from __future__ import annotations
 
@@ -83,6 +90,13 @@ PRESETS = {
     # Reduced DiT (4 x 128-wide heads, 6 blocks) with the full-size lyric encoder, VAE and UMT5.
     "cpu": dict(device="cpu", dtype="fp32", width=512, layers=6, seconds=[10, 30], steps=[27, 60], batch=[1],
                 repeats=3, warmup=True),
+    # The full-size DiT (20 x 128-wide heads, 24 blocks; 3.3 B parameters in the file). fp32: on a CPU native
+    # ComfyUI holds and computes the DiT in fp32 whatever the file's dtype, so a bf16 file would save disk, not its
+    # memory, and put the two sides on different numerics. Each side's process peaks at ~15 GB of its own memory
+    # (measured: native 15.4 GB, pack 13.3 GB), one at a time. No warm-up: at this size it costs about three DiT
+    # passes (the weights are read whatever the length), more than the first-call effects it would remove.
+    "cpu-full": dict(device="cpu", dtype="fp32", width=2560, layers=24, seconds=[10], steps=[27], batch=[1],
+                     repeats=1, warmup=False),
     "gpu": dict(device="cuda", dtype="bf16", width=2560, layers=24, seconds=[30, 120, 240], steps=[27, 60],
                 batch=[1, 4], repeats=3, warmup=True),
     # A smoke run of the whole machinery (tests/test_benchmark.py): its timings mean nothing.
@@ -104,12 +118,11 @@ def import_native_hook():
 
 
 def text_encoder_values_both_sides_hold(states: dict):
-    """Native ComfyUI holds UMT5 in fp16, the pack in the model dtype: store values exact in fp16 and bf16 both."""
-    import torch
-
+    """Native ComfyUI holds UMT5 in fp16, the pack in the model dtype: store values exact in fp16 and bf16 both
+    (rounded to bf16's 8 significant bits, stored in fp16). Per tensor, and shapes only on meta tensors, as the
+    streamed writer needs."""
     states["umt5"] = {k: v.float().bfloat16().half() if v.is_floating_point() else v
                       for k, v in states["umt5"].items()}
-    assert all(torch.equal(v.bfloat16().half(), v) for v in states["umt5"].values() if v.is_floating_point())
 
 
 def ensure_checkpoint(folder: Path, width: int, layers: int, dtype: str) -> str:
@@ -118,7 +131,7 @@ def ensure_checkpoint(folder: Path, width: int, layers: int, dtype: str) -> str:
 
     marker = native_hook_constant("MARKER")
     from ace_step.models.v1.music_vae import MusicVAEConfig
-    from fixtures.tiny_checkpoint import write_tiny_checkpoint
+    from fixtures.tiny_checkpoint import stream_tiny_checkpoint
     from ace_step.models.v1.transformer import TransformerConfig
     from ace_step.models.v1.umt5 import UMT5Config
 
@@ -128,11 +141,10 @@ def ensure_checkpoint(folder: Path, width: int, layers: int, dtype: str) -> str:
         start = time.perf_counter()
         print(f"writing {path} ...", file=sys.stderr, flush=True)
         transformer = TransformerConfig(hidden_size=width, num_heads=width // 128, head_dim=128, num_layers=layers)
-        partial = path.with_name("partial_" + name)  # complete files only under `name`
-        write_tiny_checkpoint(partial, dtype=dtype, configs={
+        # Tensor by tensor, renamed into place once complete (an interrupted write leaves no file under `name`).
+        stream_tiny_checkpoint(path, dtype=dtype, configs={
             "transformer": transformer, "vae": MusicVAEConfig.full_size(), "umt5": UMT5Config.full_size(),
         }, edit=text_encoder_values_both_sides_hold, metadata={marker: "benchmark: DiT may be reduced"})
-        partial.rename(path)
         print(f"  {path.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return name
 
@@ -260,6 +272,13 @@ class PhaseMeter:
             self.memory["cuda_max_reserved_mb"] = self.torch.cuda.max_memory_reserved() / 2**20
 
 
+def resident_mb() -> dict:
+    """The process's resident memory now: its own (anonymous) pages and file-backed ones (mapped checkpoints)."""
+    status = Path("/proc/self/status").read_text()
+    return {f"{name}_mb": int(re.search(rf"{field}:\s+(\d+) kB", status).group(1)) / 1024
+            for name, field in (("rss_anon", "RssAnon"), ("rss_file", "RssFile"))}
+
+
 def run_pipeline(impl, models, seconds: float, steps: int, batch: int, device: str):
     """({phase: timings and peak memory}, the sampled latent)."""
     model, clip, vae = models
@@ -293,9 +312,12 @@ def child(spec_path: Path) -> int:
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     impl = Native() if spec["impl"] == "native" else Pack()
-    start = time.perf_counter()
-    models = impl.load(spec["checkpoint"])
-    load_seconds = time.perf_counter() - start
+    with PhaseMeter(spec["device"]) as load:
+        models = impl.load(spec["checkpoint"])
+    loaded = {"seconds": load.seconds, **load.memory, **resident_mb()}
+    if spec["load_only"]:
+        Path(spec["result"]).write_text(json.dumps({"load": loaded, "runs": []}))
+        return 0
     with torch.inference_mode():
         if spec["warmup"]:  # first-call allocations, weight transfers
             run_pipeline(impl, models, 1.0, 2, 1, spec["device"])
@@ -307,7 +329,7 @@ def child(spec_path: Path) -> int:
             runs.append({"case": case["id"], "phases": phases, "latent": str(latent_path)})
             print(f"  {spec['impl']} {case['id']}: {sum(p['seconds'] for p in phases.values()):.1f} s",
                   file=sys.stderr, flush=True)
-    Path(spec["result"]).write_text(json.dumps({"load_seconds": load_seconds, "runs": runs}))
+    Path(spec["result"]).write_text(json.dumps({"load": loaded, "runs": runs}))
     return 0
 
 
@@ -388,7 +410,21 @@ def table(rows: list[dict]) -> str:
             line += ([f"{row['speedup']:.2f}x", f"{row['cpu_time_speedup']:.2f}x", f"{row['diffusion_speedup']:.2f}x",
                       f"{row['latent_max_abs_diff']:.1e}"] if impl == "pack" else [""] * 4)
             lines.append(line)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return markdown(lines)
+
+
+def load_table(load: dict) -> str:
+    lines = [["impl", "load s", "peak RSS MB", "anonymous MB after", "file-backed MB after"]]
+    for impl in IMPLEMENTATIONS:
+        for r in load[impl]:
+            lines.append([impl, f"{r['seconds']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['rss_anon_mb']:.0f}",
+                          f"{r['rss_file_mb']:.0f}"])
+    return markdown(lines)
+
+
+def markdown(lines: list[list[str]]) -> str:
+    """A Markdown table (first line: the head), columns padded to their widest cell."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     fmt = lambda line: "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |"  # noqa: E731
     return "\n".join([fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(l) for l in lines[1:]])
 
@@ -409,6 +445,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "test-output" / "benchmark",
                         help="holds the generated checkpoint (reused across runs) and the run's latents")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
+    parser.add_argument("--load-only", action="store_true",
+                        help="each side only loads the checkpoint (once) and reports time and memory: whether a size "
+                             "fits the machine, before a long run")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.child:
@@ -419,6 +458,8 @@ def main(argv=None) -> int:
     if config["width"] % 128:
         parser.error("--width must be a multiple of 128 (ComfyUI's 128-wide heads)")
     config["lowvram"] = opts.lowvram
+    if opts.load_only:
+        config["repeats"] = 1
     cases = [{"id": f"{s:g}s_{n}steps_b{b}", "seconds": s, "steps": n, "batch": b}
              for s in config["seconds"] for n in config["steps"] for b in config["batch"]]
     checkpoint_dir = opts.workdir / "checkpoints"
@@ -434,24 +475,27 @@ def main(argv=None) -> int:
                 run_dir = Path(scratch) / f"{impl}_{repeat}"
                 run_dir.mkdir()
                 spec = {"impl": impl, "device": config["device"], "lowvram": config["lowvram"], "cases": cases,
-                        "warmup": config["warmup"], "threads": opts.threads,
+                        "warmup": config["warmup"], "threads": opts.threads, "load_only": opts.load_only,
                         "checkpoint_dir": str(checkpoint_dir), "checkpoint": ckpt, "latent_dir": str(run_dir),
                         "result": str(run_dir / "result.json")}
                 (run_dir / "spec.json").write_text(json.dumps(spec))
                 print(f"repeat {repeat + 1}/{config['repeats']}: {impl}", file=sys.stderr, flush=True)
                 subprocess.run([sys.executable, __file__, "--child", str(run_dir / "spec.json")], check=True)
                 results[impl].append(json.loads((run_dir / "result.json").read_text()))
-        rows = summarise(cases, results, TOLERANCE[config["dtype"]])
+        rows = [] if opts.load_only else summarise(cases, results, TOLERANCE[config["dtype"]])
 
     report = {
         "command": shlex.join([Path(sys.executable).name, "scripts/benchmark.py", *(argv or sys.argv[1:])]),
         "machine": machine, "versions": versions,
         "config": {**config, "checkpoint": ckpt, "guidance": f"APG scale {GUIDANCE_SCALE:g}, interval "
                    f"{GUIDANCE_INTERVAL:g}, euler, simple schedule", "seed": SEED},
-        "load_seconds": {impl: [round(r["load_seconds"], 2) for r in results[impl]] for impl in IMPLEMENTATIONS},
+        "load": {impl: [{k: round(v, 2) for k, v in r["load"].items()} for r in results[impl]]
+                 for impl in IMPLEMENTATIONS},
         "cases": rows,
     }
-    print(table(rows))
+    print(load_table(report["load"]))
+    if rows:
+        print(table(rows))
     text = json.dumps(report, indent=1)
     print(text)
     if opts.json:

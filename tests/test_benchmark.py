@@ -1,11 +1,22 @@
 """scripts/benchmark.py end to end in its tiny mode: both implementations run in their own processes, the printed
 JSON holds each one's phases and memory, and their latents agree. No timing is asserted (it depends on the machine);
-BENCHMARKS.md has the measured numbers."""
+BENCHMARKS.md has the measured numbers. Also its checkpoint writer: streamed tensor by tensor, the same bytes as the
+in-memory writer, in memory about one tensor at a time."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from safetensors import safe_open
+
+from ace_step.loading.safetensors_io import SafetensorsFile
+from ace_step.models.v1.transformer import TransformerConfig
+from benchmark import text_encoder_values_both_sides_hold
+from fixtures.streamed_safetensors import write_streamed
+from fixtures.tiny_checkpoint import stream_tiny_checkpoint, write_tiny_checkpoint
 from measure import OUTPUT_DIR, report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,3 +50,67 @@ def test_benchmark_tiny_mode():
     report("benchmark tiny mode: native vs pack latent max abs diff", case["latent_max_abs_diff"],
            tolerance=case["latent_tolerance"])
     assert case["latent_match"] and case["latent_max_abs_diff"] <= case["latent_tolerance"]
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"seed": 3, "dtype": "bf16", "vocoder_variant": "parametrizations"},
+    # The benchmark's own: UMT5 stored in fp16 (the edit changes its dtype), extra metadata.
+    {"dtype": torch.float32, "edit": text_encoder_values_both_sides_hold, "metadata": {"ace_step_studio.x": "ü"}},
+    {"dtype": "fp16", "vocoder_variant": "fused", "configs": {"transformer": TransformerConfig(
+        hidden_size=256, num_heads=2, head_dim=128, num_layers=1)}},
+], ids=["default", "bf16-parametrizations", "benchmark-edit", "fp16-fused-wider-dit"])
+def test_streamed_checkpoint_bytes_equal_the_in_memory_writer(tmp_path, options):
+    in_memory = write_tiny_checkpoint(tmp_path / "in_memory.safetensors", **options)
+    streamed = stream_tiny_checkpoint(tmp_path / "streamed.safetensors", **options)
+    assert streamed.read_bytes() == in_memory.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in_memory.safetensors", "streamed.safetensors"]
+    # Read back through the library and through the pack's reader: the same tensors, in the standard layout.
+    with SafetensorsFile(streamed) as ours, safe_open(str(streamed), "pt") as library:
+        assert sorted(ours.keys()) == sorted(library.keys()) and ours.metadata == library.metadata()
+        for key in ours.keys():
+            assert torch.equal(ours.read(key), library.get_tensor(key)), key
+        if "edit" in options:
+            assert {d for k, d in ours.dtypes().items() if k.startswith("text_encoders.umt5base.")} == {"F16"}
+
+
+def test_benchmark_text_encoder_values_are_exact_in_fp16_and_bf16():
+    torch.manual_seed(0)
+    values = torch.cat([torch.randn(10_000) * scale for scale in (1e-3, 0.02, 1.0, 30.0)])
+    states = {"umt5": {"w": values.clone()}}
+    text_encoder_values_both_sides_hold(states)
+    held = states["umt5"]["w"]
+    assert held.dtype == torch.float16
+    assert torch.equal(held.bfloat16().float(), held.float()), "a value bf16 does not represent"
+    assert (held.float() - values).abs().max() <= values.abs().max() * 2**-8, "more than bf16 rounding"
+
+
+def test_streamed_writer_holds_about_one_tensor(tmp_path):
+    """A 0.5 GB file (DiT 512 wide x 6 blocks, fp32) while the process's peak resident memory grows by less than a
+    fifth of that: the in-memory writer holds every tensor (twice)."""
+    transformer = TransformerConfig(hidden_size=512, num_heads=4, head_dim=128, num_layers=6)
+    stream_tiny_checkpoint(tmp_path / "warm.safetensors", configs={"transformer": TransformerConfig(
+        hidden_size=128, num_heads=1, head_dim=128, num_layers=1)})  # imports, SentencePiece, first allocations
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    before = _vm_kb("VmRSS")
+    path = stream_tiny_checkpoint(tmp_path / "big.safetensors", configs={"transformer": transformer})
+    grown = (_vm_kb("VmHWM") - before) * 1024
+    size = path.stat().st_size
+    report("streamed checkpoint writer: peak RSS growth / file size", grown / size)
+    assert size > 500e6 and grown < size / 5, f"peak grew {grown / 1e6:.0f} MB writing {size / 1e6:.0f} MB"
+
+
+def _vm_kb(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+
+def test_streamed_writer_refuses_missing_and_unannounced_tensors(tmp_path):
+    entries = {"a": ((2, 3), torch.float32), "b": ((4,), torch.bfloat16)}
+    path = tmp_path / "x.safetensors"
+    with pytest.raises(ValueError, match=r"1 announced tensors never came: \['b'\]"):
+        write_streamed(path, entries, [("a", torch.zeros(2, 3))])
+    with pytest.raises(ValueError, match="c: not announced"):
+        write_streamed(path, entries, [("c", torch.zeros(1))])
+    with pytest.raises(ValueError, match=r"b: got torch.float32 \[4\], the header says torch.bfloat16 \[4\]"):
+        write_streamed(path, entries, [("b", torch.zeros(4))])
+    assert list(tmp_path.iterdir()) == [], "no file, complete or partial, after a failure"
