@@ -205,7 +205,9 @@ class _GraphedStep:
         torch.cuda.current_stream(device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(self.graph, pool=pool, stream=stream):
+            # thread_local: only this thread is barred from calls unsafe during a capture; others (a ComfyUI
+            # server's) go on. Work is captured from this stream only, either way.
+            with torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
                 self.output = run()
         except Exception as error:
             raise RuntimeError(f"capturing the planner's step as a CUDA graph failed ({error}); "
