@@ -40,9 +40,9 @@ class SaveAudio(io.ComfyNode):
                                 tooltip="Path under the output folder and file name start; a counter is appended."),
                 io.Combo.Input("format", options=list(FORMATS), default="flac",
                                tooltip="flac: lossless; mp3/opus: small files (quality below); wav: 16-bit PCM."),
-                io.Combo.Input("quality", options=["V0", "64k", "96k", "128k", "192k", "320k"], default="V0",
-                               tooltip="mp3: V0 (best VBR), 128k or 320k; opus: a bit rate (V0 means 128k). "
-                                       "Ignored by flac and wav."),
+                io.Combo.Input("quality", options=list(QUALITIES), default="V0",
+                               tooltip="mp3: V0 (LAME's best variable bit rate) or a constant bit rate; opus: the "
+                                       "bit rate (V0 means 128k). Ignored by flac and wav."),
                 # The frontend draws its audio player for an AUDIO_UI widget (core savers get one by name); it is
                 # never sent with the prompt, hence optional.
                 AUDIO_PLAYER.Input("audioUI", optional=True, tooltip="Plays the saved song."),
@@ -53,9 +53,8 @@ class SaveAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, filename_prefix, format, quality, audioUI=None) -> io.NodeOutput:
-        allowed = QUALITIES.get(choice("format", format, FORMATS))
-        if allowed is not None and quality not in allowed:
-            quality = allowed[0] if format == "mp3" else "128k"
+        choice("format", format, FORMATS)
+        choice("quality", quality, QUALITIES)
         waveform, rate = audio_parts(audio)
         batch, channels, samples = waveform.shape
         # The batch as float32, plus one song's encoding buffers.
@@ -68,7 +67,7 @@ class SaveAudio(io.ComfyNode):
         meta = _metadata(cls.hidden)
         results = []
         for i, item in enumerate(waveform.cpu().numpy()):
-            data = encode_audio(item, rate, format, allowed and quality, meta)
+            data = encode_audio(item, rate, format, quality, meta)
             name = save_unique(data, folder, stem.replace("%batch_num%", str(i)), counter, format)
             results.append(ui.SavedResult(name, subfolder, io.FolderType.output))
         return io.NodeOutput(ui=ui.SavedAudios(results))
