@@ -7,8 +7,10 @@ clear error instead.
 import comfy.model_management as mm
 import torch
 
+from ..ace_step.errors import PlainName
 
-class NotEnoughMemoryError(MemoryError):
+
+class NotEnoughMemoryError(PlainName, MemoryError):
     """A request that needs more memory than the machine has; raised before anything is allocated."""
 
 

@@ -11,26 +11,35 @@ from pathlib import Path, PurePosixPath
 
 import folder_paths
 
+from ..ace_step.errors import PlainName
+
 
 MAX_STEM_BYTES = 255 - len("_00001_.opus") - 8  # room for the counter, the extension and a longer counter
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(PlainName, ValueError):
     """A name that would read or write outside ComfyUI's folders."""
 
 
-def plain_relative_name(name: str, what: str) -> str:
-    """`name` if it is a plain relative path (sub-folders allowed); otherwise a clear refusal."""
+# The fixes plain_relative_name names: (for a missing, non-text or NUL name, for one leading outside), for a name
+# chosen from a node's list and for a save node's typed filename_prefix.
+LISTED_NAME = ("choose one from the list", "use a name relative to the folder, as the list shows them")
+TYPED_PREFIX = ("type a folder and file name start, such as 'audio/my_song'",
+                "type a path inside the output folder, such as 'audio/my_song'")
+
+
+def plain_relative_name(name: str, what: str, fixes: tuple[str, str] = LISTED_NAME) -> str:
+    """`name` if it is a plain relative path (sub-folders allowed); otherwise a clear refusal ending in a fix."""
     if not isinstance(name, str):
-        raise UnsafePathError(f"the {what} must be a name (text), got {name!r}: choose one from the list")
+        raise UnsafePathError(f"the {what} must be a name (text), got {name!r}: {fixes[0]}")
     if not name.strip():
-        raise UnsafePathError(f"the {what} is empty: choose one from the list")
+        raise UnsafePathError(f"the {what} is empty: {fixes[0]}")
     if "\0" in name:
-        raise UnsafePathError(f"the {what} {name!r} contains a NUL character: choose one from the list")
+        raise UnsafePathError(f"the {what} {name!r} contains a NUL character: {fixes[0]}")
     parts = PurePosixPath(name.replace("\\", "/"))
     if parts.is_absolute() or os.path.isabs(name) or ".." in parts.parts:
         raise UnsafePathError(f"the {what} {name!r} points outside ComfyUI's folders (an absolute path or '..'): "
-                              "use a name relative to the folder, as the list shows them")
+                              f"{fixes[1]}")
     return name
 
 
@@ -110,7 +119,7 @@ def input_file(name: str) -> Path:
 def save_folder(filename_prefix: str) -> tuple[str, str, int, str]:
     """(folder, file stem, first free counter, subfolder) for a save node's filename_prefix, inside the output
     folder: refuses absolute prefixes, '..', and sub-folders that are links to elsewhere."""
-    plain_relative_name(filename_prefix, "filename_prefix")
+    plain_relative_name(filename_prefix, "filename_prefix", TYPED_PREFIX)
     prefix_dir, prefix_name = os.path.split(os.path.normpath(filename_prefix))
     if prefix_name in ("", "."):
         raise UnsafePathError(f"filename_prefix {filename_prefix!r} has no file name: end it with one, e.g. "

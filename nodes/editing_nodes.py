@@ -130,18 +130,25 @@ class Retake(io.ComfyNode):
 
 
 # ------------------------------------------------------------------------------------------------ repaint
+SONG_END = -1.0  # Repaint's end_seconds for "to the end of the song", whatever its length
+
+
 def repaint_frames(frames: int, start_seconds: float, end_seconds: float) -> tuple[int, int]:
-    """[start, end) latent frames of a repaint range, with clear errors for ranges the song does not have."""
+    """[start, end) latent frames of a repaint range (a negative end: the song's end), with clear errors for ranges
+    the song does not have."""
     finite("start_seconds", start_seconds)
     finite("end_seconds", end_seconds)
     length = seconds_for_frames(frames)
+    if end_seconds < 0:
+        end_seconds = length
     if end_seconds <= start_seconds:
         raise ValueError(f"the repaint range is reversed or empty: start {start_seconds:g} s, end {end_seconds:g} s "
                          "(end must be after start)")
     if start_seconds < 0 or end_seconds > length:
         raise ValueError(f"the repaint range {start_seconds:g}-{end_seconds:g} s is outside the song, which is "
                          f"{length:.2f} s long (use ACE-Step Extend to add time before or after it)")
-    start, end = frames_for_seconds(start_seconds), frames_for_seconds(end_seconds)
+    start = frames_for_seconds(start_seconds)
+    end = frames if end_seconds == length else frames_for_seconds(end_seconds)  # exact at the song's end
     if end <= start:
         raise ValueError(f"the repaint range {start_seconds:g}-{end_seconds:g} s is shorter than one latent frame "
                          "(0.093 s)")
@@ -162,8 +169,9 @@ class Repaint(io.ComfyNode):
                 *_common_inputs("The song to repaint (Audio to ACE-Step Latent)."),
                 io.Float.Input("start_seconds", default=0.0, min=0.0, max=MAX_SECONDS, step=0.1,
                                tooltip="Start of the range to regenerate."),
-                io.Float.Input("end_seconds", default=30.0, min=0.0, max=MAX_SECONDS, step=0.1,
-                               tooltip="End of the range to regenerate (at most the song's length)."),
+                io.Float.Input("end_seconds", default=SONG_END, min=SONG_END, max=MAX_SECONDS, step=0.1,
+                               tooltip="End of the range to regenerate (at most the song's length); -1: the "
+                                       "song's end."),
                 io.Float.Input("variance", default=0.2, min=0.0, max=1.0, step=0.01,
                                tooltip="0: nothing changes; 1: the range is generated from pure new noise (the "
                                        "original app's default 0.2)."),

@@ -412,7 +412,7 @@ CASES = [
          "error", ("saving 16 × 48,696 s of audio needs about", "fewer or shorter", NOT_ALLOCATED),
          "AceStudioSaveAudio", group="save"),
     Case("save-prefix-traversal", lambda c: save(crafted_audio(), prefix="../../escaped"), "error",
-         ("points outside ComfyUI's folders", "relative to the folder"), "AceStudioSaveAudio", group="save"),
+         ("points outside ComfyUI's folders", "a path inside the output folder"), "AceStudioSaveAudio", group="save"),
     Case("save-prefix-absolute", lambda c: save(crafted_audio(), prefix=str(OUTSIDE / "escaped")), "error",
          ("points outside ComfyUI's folders",), "AceStudioSaveAudio", group="save"),
     Case("save-prefix-link-outside", lambda c: save(crafted_audio(), prefix="hostile_link_out/song"), "error",

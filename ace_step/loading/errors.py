@@ -1,6 +1,8 @@
 """Every problem with a model file is one of these errors, whose message names the file, the problem and the fix."""
 from __future__ import annotations
 
+from ..errors import PlainName
+
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 
 CONVERT_HINT = (
@@ -12,7 +14,7 @@ CONVERT_HINT = (
 REDOWNLOAD = "The download or copy was probably interrupted: download the file again."
 
 
-class CheckpointError(Exception):
+class CheckpointError(PlainName, Exception):
     """Base class: a checkpoint could not be loaded. The message says which file, what is wrong and what to do."""
 
     def __init__(self, path, problem: str, fix: str = ""):

@@ -10,6 +10,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+from ...errors import PlainName
+
 ENV_VAR = "ACE_STEP_LYRICS_VOCAB"
 COMFYUI_RELATIVE = Path("comfy") / "text_encoders" / "ace_lyrics_tokenizer" / "vocab.json"
 VOCAB_SIZE = 6693  # = the transformer's lyric embedding rows
@@ -29,7 +31,7 @@ STRUCTURE_TAGS = ("start", "intro", "verse", "chorus", "bridge", "outro", "end",
                   "pre-chorus", "break")  # ids 6681..6692, matched only as exact lowercase "[tag]"
 
 
-class VocabNotFoundError(FileNotFoundError):
+class VocabNotFoundError(PlainName, FileNotFoundError):
     """No lyric vocabulary file could be found; the message lists where we looked and how to fix it."""
 
 
