@@ -6,6 +6,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODES
 
+WEB_DIRECTORY = "./web"  # the frontend extension that shows the lyric report on the Tags + Lyrics node
+
 
 class AceStepStudioExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:

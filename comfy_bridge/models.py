@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import logging
+
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -22,8 +24,7 @@ from ..ace_step.models.v1.latent import CHANNELS, HEIGHT, SAMPLE_RATE, SAMPLES_P
 from ..ace_step.models.v1.transformer import ACEStepTransformer
 from ..ace_step.models.v1.umt5 import encode_token_weights, is_weighted
 from ..ace_step.sampling.condition_cache import ConditionCache
-from ..ace_step.text.lyrics import TRAINED_LYRIC_TOKENS
-from ..ace_step.text.lyrics import LyricTokenizer
+from ..ace_step.text.lyrics import TRAINED_LYRIC_TOKENS, LyricReport, LyricTokenizer
 from .audio_input import float_waveform, to_stereo
 from .memory import require_memory
 from .paths import comfyui_root
@@ -35,6 +36,8 @@ from .operations import (
     text_encoder_operations,
     vae_operations,
 )
+
+log = logging.getLogger(__name__)
 
 
 class ComfyCallableTransformer(ACEStepTransformer):
@@ -144,7 +147,15 @@ class AceStepClip:
         return AceStepClip(self.text_encoder, self.text_tokenizer, self.lyric_tokenizer, self.patcher.clone())
 
     def tokenize(self, text: str, lyrics: str = "", **kwargs) -> dict:
-        return {"umt5base": self.text_tokenizer.encode_with_weights(text), "lyrics": self.lyric_tokenizer.encode(lyrics)}
+        return self.tokenize_with_report(text, lyrics)[0]
+
+    def tokenize_with_report(self, text: str, lyrics: str = "") -> tuple[dict, LyricReport]:
+        """`tokenize`'s tokens and what the model will not get from the lyrics (unreadable lines, unknown section
+        tags, more tokens than it was trained on), which is also logged as a warning."""
+        ids, report = self.lyric_tokenizer.encode_with_report(lyrics)
+        if not report.ok:
+            log.warning("%s", report.message())
+        return {"umt5base": self.text_tokenizer.encode_with_weights(text), "lyrics": ids}, report
 
     def load_model(self):
         mm.load_model_gpu(self.patcher)
