@@ -30,6 +30,7 @@ from ..ace_step.sampling import erg, flow_steps, schedules
 from ..ace_step.sampling.guidance import GuidanceSchedule, Guider
 from ..ace_step.models.v1.umt5 import encode_token_weights, erg_tag_q_scale
 from ..ace_step.models.v1.latent import CHANNELS, HEIGHT
+from ..ace_step.text.lyrics import STOP
 from .models import AceStepClip, require_transformer_memory
 
 ERG_TEXT_KEY = "acestudio_erg_text"
@@ -151,18 +152,29 @@ def text_only_conditioning(positive: list, use_erg_lyric: bool) -> list:
                     LYRIC_ERG_KEY: False}]]
 
 
-def encode_conditioning(diffusion_model, conditioning: list, batch: int, device) -> tuple[torch.Tensor, None]:
-    """`encode_condition` of one CONDITIONING on `device` (the MODEL's load device), repeated for the batch. No
-    masks: ComfyUI's text and lyric tokens are all real (the original's masks are all ones too, except for empty
-    lyrics)."""
+def original_lyrics(lyrics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(lyric ids, lyric mask or None: all attended) as the original pipeline feeds a CONDITIONING's lyrics [B, L]
+    to the model. Empty lyrics are one token there (ComfyUI's [START], or the [STOP] a null condition made of it),
+    and the original feeds them as one [STOP] masked out (ace-step/ACE-Step `acestep/pipeline_ace_step.py`,
+    `__call__`, "# 6 lyric"; `LyricTokenizer.encode_with_mask("")`); any other lyrics are at least two tokens."""
+    if lyrics.shape[-1] != 1:
+        return lyrics, None
+    return torch.full_like(lyrics, STOP), torch.zeros(lyrics.shape)
+
+
+def encode_conditioning(diffusion_model, conditioning: list, batch: int,
+                        device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`encode_condition` of one CONDITIONING on `device` (the MODEL's load device), repeated for the batch, and its
+    mask. ComfyUI's text and lyric tokens are all real, so the mask is None (all attended) except for empty lyrics,
+    which are masked out as in the original (`original_lyrics`)."""
     cond, extras = single_entry(conditioning)
-    lyrics = extras["conditioning_lyrics"]
+    lyrics, lyric_mask = original_lyrics(extras["conditioning_lyrics"])
     require_transformer_memory(diffusion_model, device, cond.shape[0], 0, cond.shape[1], lyrics.shape[-1])
     hooked = erg.lyric_modules(diffusion_model.config.lyric_encoder_blocks) if extras.get(LYRIC_ERG_KEY) else []
     with erg.scaled_outputs(diffusion_model, hooked):
-        encoded, _ = diffusion_model.encode_condition(cond.to(device), lyrics.to(device),
-                                                      lyrics_strength=extras.get("lyrics_strength", 1.0))
-    return encoded.expand(batch, -1, -1), None
+        encoded, mask = diffusion_model.encode_condition(cond.to(device), lyrics.to(device), lyric_mask=lyric_mask,
+                                                         lyrics_strength=extras.get("lyrics_strength", 1.0))
+    return encoded.expand(batch, -1, -1), None if mask is None else mask.expand(batch, -1)
 
 
 # ------------------------------------------------------------------------------------------------ guided velocity
