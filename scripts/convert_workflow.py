@@ -14,13 +14,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # also under `python -
 import workflow_converter  # noqa: E402 (beside this script; needs no ComfyUI)
 
 
+NOT_A_WORKFLOW = ("not a ComfyUI workflow: {why}. Convert a workflow file: in ComfyUI, Workflow > Export (or Export "
+                  "(API)) saves one as .json")
+
+
+def read_workflow(path: Path):
+    """The JSON in `path`, or a ValueError saying that the file is not a workflow and which file to give instead."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        why = "the file is not text (an image, audio or other binary file)"
+        raise ValueError(NOT_A_WORKFLOW.format(why=why)) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(NOT_A_WORKFLOW.format(why=f"the file is not JSON ({e.msg} at line {e.lineno} column "
+                                                   f"{e.colno})")) from None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("input", type=Path)
     parser.add_argument("output", type=Path, nargs="?")
     opts = parser.parse_args()
     try:
-        result = workflow_converter.convert_workflow(json.loads(opts.input.read_text(encoding="utf-8")))
+        result = workflow_converter.convert_workflow(read_workflow(opts.input))
     except (OSError, ValueError) as e:
         print(f"{opts.input}: {e}", file=sys.stderr)
         return 2

@@ -13,8 +13,10 @@ Mapping (native -> pack):
   node always normalises), when their VAE comes from a converted loader (Stable Audio's VAE needs the native nodes).
 - LatentApplyOperationCFG fed by a LatentOperationTonemapReinhard that feeds nothing else -> one
   AceStudioTonemapReinhard (the same pre-CFG tonemap of cond - uncond).
-Every other node (KSampler, ModelSamplingSD3, ConditioningZeroOut, LoadAudio, SaveAudio*, ...) stays: it takes the
-pack's MODEL, CLIP, VAE and LATENT as it takes ComfyUI's own.
+- SaveAudioAdvanced (the current official templates' saver, newer than ComfyUI 0.3.75) -> AceStudioSaveAudio with
+  the same format and quality, when its AUDIO output feeds nothing (the pack's saver has no output).
+Every other node (KSampler, ModelSamplingSD3, ConditioningZeroOut, LoadAudio, SaveAudio, SaveAudioMP3, ...) stays: it
+takes the pack's MODEL, CLIP, VAE and LATENT as it takes ComfyUI's own.
 """
 from __future__ import annotations
 
@@ -38,7 +40,11 @@ NATIVE = {
     "VAEDecodeAudio": Native("VAE Decode Audio", ()),
     "LatentApplyOperationCFG": Native("LatentApplyOperationCFG", ()),
     "LatentOperationTonemapReinhard": Native("LatentOperationTonemapReinhard", ("multiplier",)),
+    # comfyanonymous/ComfyUI comfy_extras/nodes_audio.py (V3, after 0.3.76): `format` is a DynamicCombo whose mp3 and
+    # opus options add a `quality` combo, sent as "format.quality".
+    "SaveAudioAdvanced": Native("Save Audio (Advanced)", ("filename_prefix", "format", "format.quality")),
 }
+NEWER_NATIVE = {"SaveAudioAdvanced"}  # not in ComfyUI 0.3.75, so the tests cannot check it against a live server
 # The pack's widgets as (name, default), in widget order; the default fills a widget the native node lacks.
 PACK_WIDGETS = {
     "AceStudioCheckpointLoader": (("ckpt_name", None), ("weight_dtype", "default")),
@@ -47,6 +53,7 @@ PACK_WIDGETS = {
     "AceStudioTonemapReinhard": (("multiplier", 1.0),),
     "AceStudioAudioToLatent": (),
     "AceStudioLatentToAudio": (("normalize", True),),
+    "AceStudioSaveAudio": (("filename_prefix", "audio/ACE-Step"), ("format", "flac"), ("quality", "V0")),
 }
 RENAMED = {
     "CheckpointLoaderSimple": "AceStudioCheckpointLoader",
@@ -56,6 +63,8 @@ RENAMED = {
     "VAEDecodeAudio": "AceStudioLatentToAudio",
 }
 MERGED = "AceStudioTonemapReinhard"  # LatentApplyOperationCFG + LatentOperationTonemapReinhard
+SAVERS = {"SaveAudioAdvanced": "AceStudioSaveAudio"}  # the pack's saver has no AUDIO output: only unused ones move
+INPUT_NAMES = {"format.quality": "quality"}  # a native input's name -> the pack's (every other name is the same)
 MAX_BATCH_SIZE = 64  # AceStudioEmptyLatentAudio's limit; the native node allows 4096
 ACE_ONLY = {"EmptyAceStepLatentAudio", "TextEncodeAceStepAudio"}  # nodes that exist only for ACE-Step
 ACE_FILE_NAME = re.compile(r"ace[-_ .]?step", re.IGNORECASE)
@@ -147,6 +156,13 @@ def _convert(graph) -> tuple[list[str], list[str]]:
             graph.merge(k, op)
             changes.append(f"{graph.label(k)} LatentApplyOperationCFG + {graph.label(op)} "
                            f"LatentOperationTonemapReinhard -> {MERGED} (keeps the first id)")
+        elif t in SAVERS:
+            if graph.consumers(k):
+                warnings.append(f"{graph.label(k)} {t} left as is: its AUDIO output feeds other nodes, and the "
+                                f"pack's Save Audio has no output")
+                continue
+            graph.retype(k, SAVERS[t], {})
+            changes.append(f"{graph.label(k)} {t} -> {SAVERS[t]}")
         elif "acestep" in t.lower():
             warnings.append(f"{graph.label(k)} {t} left as is: the pack has no equivalent")
     return changes, warnings
@@ -182,7 +198,7 @@ class _ApiWorkflow:
         return f"#{key}"
 
     def widgets(self, key) -> dict:
-        return dict(self.prompt[key].get("inputs", {}))
+        return {INPUT_NAMES.get(k, k): v for k, v in self.prompt[key].get("inputs", {}).items()}
 
     def origins(self, key, input_name) -> list:
         value = self.prompt[key].get("inputs", {}).get(input_name)
@@ -200,7 +216,7 @@ class _ApiWorkflow:
 
     def retype(self, key, pack_type: str, overrides: dict):
         node = self.prompt[key]
-        inputs = node.get("inputs", {})
+        inputs = self.widgets(key)
         values = _pack_values(inputs, pack_type, overrides)
         node["inputs"] = {**{k: v for k, v in inputs.items() if _is_link(v) or k in values}, **values}
         self._set_type(node, node["class_type"], pack_type)
@@ -242,8 +258,9 @@ class _UiWorkflow:
         node = self.nodes[key[0]][key[1]]
         values = node.get("widgets_values") or []
         if isinstance(values, dict):
-            return dict(values)
-        return dict(zip(NATIVE[node["type"]].widgets, values)) if node["type"] in NATIVE else {}
+            return {INPUT_NAMES.get(k, k): v for k, v in values.items()}
+        names = [INPUT_NAMES.get(n, n) for n in NATIVE[node["type"]].widgets] if node["type"] in NATIVE else []
+        return dict(zip(names, values))
 
     def origins(self, key, input_name) -> list:
         g, node_id = key
@@ -284,6 +301,12 @@ class _UiWorkflow:
 
     def retype(self, key, pack_type: str, overrides: dict):
         node = self.nodes[key[0]][key[1]]
+        for entry in node.get("inputs", []):  # a widget's input slot (linked or not) follows the widget's new name
+            entry["name"] = INPUT_NAMES.get(entry["name"], entry["name"])
+            if "widget" in entry:
+                entry["widget"]["name"] = INPUT_NAMES.get(entry["widget"]["name"], entry["widget"]["name"])
+        if pack_type in SAVERS.values():
+            node["outputs"] = []  # only savers whose output feeds nothing are converted
         self._set_type(node, node["type"], pack_type, _pack_values(self.widgets(key), pack_type, overrides))
 
     def merge(self, cfg_key, op_key):
