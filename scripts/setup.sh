@@ -96,5 +96,21 @@ if [ ! -f "$tiny" ] || [ "$ROOT/tests/fixtures/tiny_checkpoint.py" -nt "$tiny" ]
   "$PY" "$ROOT/scripts/make_tiny_checkpoint.py" --out "$tiny" >/dev/null
   log "wrote the tiny demo checkpoint $tiny"
 fi
+# ... and the tiny ACE-Step 1.5 demo files (bf16, as the real ones), all-in-one and split, where ComfyUI lists them
+models="$COMFYUI_PATH/models"
+fixture15="$ROOT/tests/fixtures/v15_tiny_checkpoint.py"
+aio15="$models/checkpoints/ace_step_1.5_tiny_demo_aio.safetensors"
+split15=("$models/diffusion_models/acestep_v1.5_tiny_demo_turbo.safetensors"
+         "$models/text_encoders/qwen_tiny_demo_ace15.safetensors"
+         "$models/text_encoders/qwen_tiny_demo_lm_ace15.safetensors"
+         "$models/vae/ace_1.5_tiny_demo_vae.safetensors")
+for f in "$aio15" "${split15[@]}"; do
+  if [ ! -f "$f" ] || [ "$fixture15" -nt "$f" ]; then
+    "$PY" "$ROOT/scripts/make_tiny_checkpoint.py" --family 1.5 --dtype bf16 --out "$aio15" >/dev/null
+    "$PY" "$ROOT/scripts/make_tiny_checkpoint.py" --family 1.5 --dtype bf16 --layout comfyui-split --out "$models" >/dev/null
+    log "wrote the tiny ACE-Step 1.5 demo files $aio15 and ${split15[*]}"
+    break
+  fi
+done
 
 log "ready: ComfyUI at $COMFYUI_PATH, python $PY"

@@ -25,7 +25,7 @@ from .errors import (
     CorruptCheckpointError,
     WrongModelError,
 )
-from .foreign import describe_foreign
+from .foreign import V1, describe_foreign, wrong_family_error
 from .safetensors_io import SafetensorsFile
 from .state_loading import TensorRef, build_on_meta, fold_weight_norm, listing, load_group
 from .v1_layout import (
@@ -146,8 +146,9 @@ class _Plan:
     def add_source(self, source, shapes: Mapping[str, Optional[Sequence[int]]], part: Optional[str] = None):
         """Routes every key of `source`; `part`: the original folder this file came from (bare keys)."""
         path = getattr(source, "path", "<tensors>")
-        if describe_foreign(shapes):  # a LoRA, an image model...: say so rather than list its keys
-            raise _foreign_error(path, shapes)
+        wrong = wrong_family_error(path, shapes, V1)  # ACE-Step 1.5, a LoRA, an image model...: say so
+        if wrong is not None:
+            raise wrong
         unknown = []
         for key, shape in shapes.items():
             routed = route_in_folder(key, part) if part else route_key(key)
