@@ -81,11 +81,13 @@ def known_metadata(bpm=None, duration=None, timesignature=None, language=None, k
 
 def lm_working_bytes(config, rows: int, prompt_tokens: int, max_tokens: int, element: int) -> int:
     """Peak memory of planning beyond the LM's weights: the KV cache (keys and values of every layer for `rows`
-    sequences of `max_tokens`), the prefill's activations (residual stream, projections, SwiGLU maps and one layer's
-    attention scores over the prompt) and a few float32 logit rows (guidance, masks, filtering)."""
+    sequences of `max_tokens`), the prefill's activations (residual stream, projections, SwiGLU maps, and one
+    layer's attention over the prompt: scores, softmax and masked copies per head, and the causal mask, which the
+    planner's adapter attends to in windows of the cache) and a few float32 logit rows (guidance, masks,
+    filtering)."""
     kv = 2 * config.num_layers * rows * config.num_kv_heads * max_tokens * config.head_dim * element
     prefill = rows * prompt_tokens * (8 * config.hidden_size + 3 * config.num_heads * config.head_dim
-                                      + 3 * config.intermediate_size + config.num_heads * max_tokens) * element
+                                      + 3 * config.intermediate_size + (4 * config.num_heads + 2) * prompt_tokens) * element
     logits = 8 * rows * config.vocab_size * 4
     return kv + prefill + logits
 

@@ -403,7 +403,7 @@ def workflows() -> list[Workflow]:
     sampler = next(n for n in a2a.nodes if n.id == 7)
     sampler.widgets = [(k, 0.5 if k == "denoise" else v) for k, v in sampler.widgets]
     return [song, instrumental, a2a, _lora(), _original_quality(), _original_custom_sampling(),
-            *_edit_workflows()]
+            *_edit_workflows(), *v15_workflows()]
 
 
 RAP_LORA = "ace_step_v1_chinese_rap_lora.safetensors"
@@ -439,6 +439,140 @@ def _lora() -> Workflow:
     shift = next(n for n in wf.nodes if n.id == 2)
     shift.inputs = [("model", "MODEL", (11, 0))]
     return wf
+
+
+# ---------------------------------------------------------------------------------------------------- ACE-Step 1.5
+V15_CHECKPOINT = "ace_step_1.5_turbo_aio.safetensors"
+V15_DIT = {"turbo": "acestep_v1.5_turbo.safetensors", "sft": "acestep_v1.5_sft.safetensors"}
+V15_TEXT_ENCODER = "qwen_0.6b_ace15.safetensors"
+V15_LM = "qwen_1.7b_ace15.safetensors"
+V15_VAE = "ace_1.5_vae.safetensors"
+V15_TAGS = "funk, pop, soul, melodic, guitar, drums, bass, keyboard, energetic, upbeat, groovy, female vocals"
+V15_INSTRUMENTAL_TAGS = "lo-fi hip hop, mellow piano, vinyl crackle, soft drums, warm bass, relaxed"
+V15_FILES = f"""
+**Files** (Hugging Face `Comfy-Org/ace_step_1.5_ComfyUI_files`): `{V15_CHECKPOINT}` in `models/checkpoints/`, or the
+split files `split_files/diffusion_models/{V15_DIT["turbo"]}` (and `{V15_DIT["sft"]}`, `acestep_v1.5_base`) in
+`models/diffusion_models/`, `split_files/text_encoders/{V15_TEXT_ENCODER}` and `{V15_LM}` (the 5 Hz LM planner; the 4B
+one plans better, the 1.7B is faster) in `models/text_encoders/`, `split_files/vae/{V15_VAE}` in `models/vae/`. The
+original Hugging Face folder `ACE-Step/Ace-Step1.5` in `models/checkpoints/` works too.
+"""
+V15_TEXT_KNOBS = """
+**Knobs** (ACE-Step 1.5 Text Encode)
+- *duration*: the song's length as the prompt states it and the planner writes codes for (5 per second): keep it
+  equal to the Empty Latent's seconds. 0 = the planner chooses (then match the latent to the metadata output).
+- *bpm / timesignature / language / keyscale*: 0 or auto = the planner fills them in (the original app's "thinking").
+- *generate_audio_codes*: the 5 Hz LM writes the song's structure as audio codes: better songs, slower on a CPU.
+- *planner_caption*: the planner rewrites the tags into its own caption (the original's default).
+- *lm_cfg_scale, temperature, top_p, top_k, min_p, seed*: the LM's sampling (the original's defaults).
+"""
+
+
+def _v15_text(node_id: int, clip: tuple[int, int], tags: str, lyrics: str, *, codes: bool = True,
+              metadata: tuple = (0, "auto", "auto", "auto"), seconds: float = 120.0) -> Node:
+    bpm, timesignature, language, keyscale = metadata
+    return Node(node_id, "AceStudio15TextEncode",
+                widgets=[("tags", tags), ("lyrics", lyrics), ("bpm", bpm), ("duration", seconds),
+                         ("timesignature", timesignature), ("language", language), ("keyscale", keyscale),
+                         ("generate_audio_codes", codes), ("planner_caption", True), ("lm_cfg_scale", 2.0),
+                         ("temperature", 0.85), ("top_p", 0.9), ("top_k", 0), ("min_p", 0.0), ("seed", 42)],
+                inputs=[("clip", "CLIP", clip)], outputs=[("CONDITIONING", "CONDITIONING"), ("metadata", "STRING")],
+                seed_widget="seed", size=(420, 620))
+
+
+def _v15_song(name: str, title: str, intro: str, loaders: list[Node], model: tuple[int, int], clip: tuple[int, int],
+              vae: tuple[int, int], text: Node, *, steps: int = 8, cfg: float = 1.0, seconds: float = 120.0,
+              extra: list[Node] = (), positive: tuple[int, int] = (3, 0), knobs: str = "") -> Workflow:
+    """Loaders -> ModelSamplingAuraFlow (shift 3) -> KSampler (euler/simple) with the text encoding as positive and
+    its ConditioningZeroOut as negative -> ACE-Step 1.5 Latent to Audio -> Save Audio. Nodes 2-8 are fixed; loaders
+    and `extra` nodes use ids from 10."""
+    nodes = [
+        *loaders,
+        Node(2, "ModelSamplingAuraFlow", widgets=[("shift", 3.0)], inputs=[("model", "MODEL", model)],
+             outputs=[("MODEL", "MODEL")]),
+        text,
+        Node(4, "ConditioningZeroOut", inputs=[("conditioning", "CONDITIONING", (3, 0))],
+             outputs=[("CONDITIONING", "CONDITIONING")]),
+        Node(5, "AceStudio15EmptyLatentAudio", widgets=[("seconds", seconds), ("batch_size", 1)],
+             outputs=[("LATENT", "LATENT")]),
+        Node(6, "KSampler",
+             widgets=[("seed", 42), ("steps", steps), ("cfg", cfg), ("sampler_name", "euler"),
+                      ("scheduler", "simple"), ("denoise", 1.0)],
+             inputs=[("model", "MODEL", (2, 0)), ("positive", "CONDITIONING", positive),
+                     ("negative", "CONDITIONING", (4, 0)), ("latent_image", "LATENT", (5, 0))],
+             outputs=[("LATENT", "LATENT")], seed_widget="seed", size=(320, 260)),
+        Node(7, "AceStudio15LatentToAudio", widgets=[("normalize", True)],
+             inputs=[("samples", "LATENT", (6, 0)), ("vae", "VAE", vae)], outputs=[("AUDIO", "AUDIO")]),
+        Node(8, "AceStudioSaveAudio",
+             widgets=[("filename_prefix", f"audio/{name}"), ("format", "flac"), ("quality", "V0")],
+             inputs=[("audio", "AUDIO", (7, 0))], ui_only_widgets=[None], size=(320, 200)),
+        *extra,
+    ]
+    sampling = (f"- *KSampler*: {steps} steps, cfg {cfg:g}, euler/simple, after ModelSamplingAuraFlow shift 3"
+                + (" (ComfyUI's official ACE-Step 1.5 turbo settings: turbo needs no CFG)." if cfg == 1.0 else "."))
+    return Workflow(name, nodes=sorted(nodes, key=lambda n: n.id),
+                    note=Note(f"## {title}\n{intro}\n{knobs or V15_TEXT_KNOBS}{sampling}\n{V15_FILES}",
+                              size=(480, 460)))
+
+
+def _v15_checkpoint() -> Node:
+    return Node(1, "AceStudio15CheckpointLoader", widgets=[("ckpt_name", V15_CHECKPOINT), ("weight_dtype", "default")],
+                outputs=[("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
+
+
+def _v15_split(dit: str, lm: str) -> list[Node]:
+    """Load Diffusion Model (1), Text Encoders (10), VAE (11); the VAE also goes to the diffusion model's loader,
+    which computes the silence latent from it where ComfyUI has no ACE-Step 1.5 of its own."""
+    return [
+        Node(1, "AceStudio15DiffusionModelLoader", widgets=[("unet_name", dit), ("weight_dtype", "default")],
+             inputs=[("vae", "VAE", (11, 0))], outputs=[("MODEL", "MODEL")]),
+        Node(10, "AceStudio15TextEncoderLoader", widgets=[("text_encoder_name", V15_TEXT_ENCODER), ("lm_name", lm)],
+             outputs=[("CLIP", "CLIP")]),
+        Node(11, "AceStudio15VaeLoader", widgets=[("vae_name", V15_VAE)], outputs=[("VAE", "VAE")]),
+    ]
+
+
+def v15_workflows() -> list[Workflow]:
+    turbo = _v15_song(
+        "ace_step15_turbo_song", "ACE-Step 1.5 turbo: text to song",
+        "Tags and lyrics in, a 48 kHz stereo song out in 8 steps. The 5 Hz LM planner (in the all-in-one checkpoint) "
+        "fills in the metadata left on auto and writes the song's audio codes first.",
+        [_v15_checkpoint()], (1, 0), (1, 1), (1, 2), _v15_text(3, (1, 1), V15_TAGS, SONG_LYRICS))
+    split = _v15_song(
+        "ace_step15_turbo_no_planner", "ACE-Step 1.5 turbo from split files, without the planner",
+        "The split files with no LM: faster (the planner is the slowest part on a CPU), metadata given by hand, no "
+        "audio codes. The VAE also feeds the diffusion model's loader (the silence latent the DiT needs is computed "
+        "from it).",
+        _v15_split(V15_DIT["turbo"], "none"), (1, 0), (10, 0), (11, 0),
+        _v15_text(3, (10, 0), V15_TAGS, SONG_LYRICS, codes=False, metadata=(105, "4", "en", "E minor")))
+    sft = _v15_song(
+        "ace_step15_sft_cfg", "ACE-Step 1.5 sft (or base) with CFG",
+        f"The sft model (swap in `acestep_v1.5_base.safetensors` for base) samples with classifier-free guidance over "
+        f"50 steps, as the original runs them; the planner ({V15_LM}) writes the audio codes. The original guides "
+        "with APG at 7; ComfyUI's plain CFG at 4-5 is gentler.",
+        _v15_split(V15_DIT["sft"], V15_LM), (1, 0), (10, 0), (11, 0),
+        _v15_text(3, (10, 0), V15_TAGS, SONG_LYRICS), steps=50, cfg=7.0)
+    instrumental = _v15_song(
+        "ace_step15_instrumental", "ACE-Step 1.5 turbo: instrumental",
+        "No vocals: the lyrics are just [Instrumental].",
+        [_v15_checkpoint()], (1, 0), (1, 1), (1, 2),
+        _v15_text(3, (1, 1), V15_INSTRUMENTAL_TAGS, "[Instrumental]", seconds=60.0), seconds=60.0)
+    reference = _v15_song(
+        "ace_step15_reference_timbre", "ACE-Step 1.5 turbo: a reference audio's timbre",
+        "The input song (Load Audio) is encoded and set as the reference timbre of the positive conditioning; the "
+        "DiT's timbre encoder reads it and, without LM codes, follows its structure (cover mode). Audio codes are off, "
+        "as the reference guides the song.",
+        [_v15_checkpoint()], (1, 0), (1, 1), (1, 2),
+        _v15_text(3, (1, 1), EXAMPLE_TAGS, NEW_LYRICS, codes=False, seconds=30.0), seconds=30.0, positive=(14, 0),
+        extra=[
+            Node(12, "LoadAudio", widgets=[("audio", "example_song.flac")], outputs=[("AUDIO", "AUDIO")],
+                 ui_only_widgets=[None, ""], size=(320, 160)),
+            Node(13, "AceStudio15AudioToLatent", inputs=[("audio", "AUDIO", (12, 0)), ("vae", "VAE", (1, 2))],
+                 outputs=[("LATENT", "LATENT")]),
+            Node(14, "AceStudio15ReferenceTimbre",
+                 inputs=[("conditioning", "CONDITIONING", (3, 0)), ("latent", "LATENT", (13, 0))],
+                 outputs=[("CONDITIONING", "CONDITIONING")]),
+        ])
+    return [turbo, split, sft, instrumental, reference]
 
 
 def rendered() -> dict[Path, str]:

@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 import pytest
 
 from measure import OUTPUT_DIR, report
-from workflow_prompts import prepare_ui
+from workflow_prompts import prepare_ui, tiny15_files  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -52,7 +52,7 @@ def _drop_workflow(page, name: str, workflow: dict):
 
 
 @pytest.mark.parametrize("workflow", UI_WORKFLOWS, ids=[p.stem for p in UI_WORKFLOWS])
-def test_drop_workflow_and_run(comfy_server, tiny_checkpoint, browser, workflow):
+def test_drop_workflow_and_run(comfy_server, tiny_checkpoint, tiny15_files, browser, workflow):
     comfy_server.post_json("/api/settings/Comfy.TutorialCompleted", True)
     requests = []
     page = browser.new_page(viewport={"width": 1600, "height": 1000})

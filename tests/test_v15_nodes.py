@@ -780,3 +780,63 @@ def test_text_encode_node_reports_the_metadata(text_encoder, tokenizers):
     with pytest.raises(ValueError, match="keyscale 'H major' is not one of"):
         text_nodes.TextEncode15.execute(clip_of(text_encoder, tokenizers), TAGS, LYRICS, 120, 30.0, "4", "en",
                                         "H major", False, True, 2.0, 0.85, 0.9, 0, 0.0, 0)
+
+
+@needs_proc
+def test_planner_estimate_bounds_the_measured_peak(text_encoder, tokenizers, planner_lm, monkeypatch):
+    """Planning 20 s of codes after 1,600 lyric lines' worth of prompt with the LM built as the loader builds it
+    (ComfyUI's text-encoder attention on the CPU), against the estimate the refusal uses: between the measured peak
+    and three times it (measured 1.9; the prefill's attention over the prompt dominates)."""
+    clip_module = bridge("v15_clip")
+    ops = bridge("operations")
+    lm_class = importlib.import_module(f"{PACKAGE}.ace_step.models.v15.qwen3").Qwen3CausalLM
+    lm = comfy_built(lm_class, planner_lm, ops.text_encoder_attention, ops.text_encoder_operations())
+    clip = clip_of(text_encoder, tokenizers, lm)
+    request = clip.tokenize(TAGS, lyrics="la la la love\n" * 400, duration=20.0, bpm=100, timesignature="4",
+                            keyscale="C major")[clip_module.TOKENS_KEY]
+    clip._plan(request)  # builds the planner's vocabulary masks (kept for later plans) outside the measurement
+    estimates = []
+    monkeypatch.setattr(clip_module, "require_memory", lambda needed, *args: estimates.append(needed))
+    peak = measured_peak(lambda: clip._plan(request))
+    report("1.5 planner memory estimate / measured peak", round(estimates[0] / peak, 2),
+           estimate_mib=estimates[0] >> 20, peak_mib=peak >> 20)
+    assert peak <= estimates[0] <= 3 * peak
+
+
+# ------------------------------------------------------------------------------------------------ loading
+@pytest.fixture(scope="module")
+def tiny15(tmp_path_factory):
+    """The tiny 1.5 files (tests/fixtures/v15_tiny_checkpoint.py, bf16) in all three layouts."""
+    from fixtures.v15_tiny_checkpoint import write_tiny15
+
+    root = tmp_path_factory.mktemp("tiny15")
+    return {"aio": write_tiny15(root / "aio.safetensors", dtype=torch.bfloat16),
+            "split": write_tiny15(root / "models", layout="comfyui-split", dtype=torch.bfloat16),
+            "hf": write_tiny15(root / "hf", layout="hf-folder", dtype=torch.bfloat16)}
+
+
+def test_loaders_build_comfy_networks_with_their_silence_source(tiny15):
+    """All-in-one: every network, planner included, silence from its VAE; original folder: its silence_latent.pt;
+    split DiT: refused without a source (ComfyUI 0.3.75), loadable with the VAE. The VAE-made silence equals the
+    folder's file (made from the same weights before their bf16 weight-norm split) to 0.4 % (measured 0.37 %)."""
+    import comfy.ops
+
+    loading = bridge("v15_loading")
+    model, clip, vae = loading.load_checkpoint(tiny15["aio"])
+    assert clip.has_planner and clip.lm_tokenizer is not None
+    assert model.model.silence.source == "the VAE's encoding of digital silence"
+    assert isinstance(model.model.diffusion_model.decoder.layers[0].mlp.gate_proj, comfy.ops.CastWeightBiasOp)
+    assert model.model.diffusion_model.decoder.layers[0].self_attn.attention is bridge("operations").diffusion_attention
+    folder_model = loading.load_checkpoint(tiny15["hf"], variant="acestep-v15-turbo")[0]
+    assert folder_model.model.silence.source.endswith("acestep-v15-turbo/silence_latent.pt")
+    err = max_rel_error(model.model.silence(40, "cpu"), folder_model.model.silence(40, "cpu"))
+    report("1.5 silence latent from the VAE vs the folder's silence_latent.pt (tiny, bf16), max rel", err)
+    assert err <= 4e-3
+
+    split = tiny15["split"]
+    with pytest.raises(ValueError, match="connect the ACE-Step 1.5 VAE to this loader's vae input"):
+        loading.load_diffusion_model(split["dit"])
+    assert loading.load_diffusion_model(split["dit"], vae=loading.load_vae(split["vae"])).model.silence.source == \
+        "the VAE's encoding of digital silence"
+    assert not loading.load_text_encoders(split["text_encoder"]).has_planner
+    assert loading.load_text_encoders(split["text_encoder"], split["lm"]).has_planner

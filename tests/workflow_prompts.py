@@ -3,6 +3,7 @@ import math
 import random
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,6 +15,37 @@ TINY_LORA = "ace_step_v1_tiny_demo_lora.safetensors"
 EDIT_WIDGETS = {"AceStudioRepaint": (3, 5), "AceStudioExtend": (3, 5), "AceStudioLyricEdit": (4, 5),
                 "AceStudioAudio2Audio": (1, 2)}
 EXTEND_SECONDS = (1.0, 2.0)  # both sides, under the 240 s window
+# The tiny ACE-Step 1.5 demo files (tests/fixtures/v15_tiny_checkpoint.py) the 1.5 workflows are pointed at: the
+# all-in-one checkpoint and the split files (DiT, text encoder, LM, VAE).
+TINY15_CHECKPOINT = "ace_step_1.5_tiny_demo_aio.safetensors"
+TINY15_FILES = {"dit": "acestep_v1.5_tiny_demo_turbo.safetensors", "text_encoder": "qwen_tiny_demo_ace15.safetensors",
+                "lm": "qwen_tiny_demo_lm_ace15.safetensors", "vae": "ace_1.5_tiny_demo_vae.safetensors"}
+# The 1.5 prompt states the song's length, 10 s at least; the planner writes 5 codes per second of it.
+TINY15_DURATION = 10.0
+V15_SAMPLE_RATE, V15_SAMPLES_PER_FRAME = 48000, 1920
+
+
+@pytest.fixture(scope="session")
+def tiny15_files(comfy_server) -> str:
+    """The tiny ACE-Step 1.5 files (bf16, as the real ones) in the test server's model folders, where the prepared
+    1.5 workflows look for them."""
+    import torch
+
+    from fixtures.v15_tiny_checkpoint import write_tiny15
+    from measure import OUTPUT_DIR
+
+    models = OUTPUT_DIR / "comfy-base" / "models"
+    if not (models / "checkpoints" / TINY15_CHECKPOINT).exists():
+        write_tiny15(models / "checkpoints" / TINY15_CHECKPOINT, dtype=torch.bfloat16)
+    if not all((models / folder / name).exists() for folder, name in
+               zip(("diffusion_models", "text_encoders", "text_encoders", "vae"), TINY15_FILES.values())):
+        write_tiny15(models, layout="comfyui-split", dtype=torch.bfloat16)
+    return TINY15_CHECKPOINT
+
+
+def is_v15(prompt: dict) -> bool:
+    """An ACE-Step 1.5 workflow (API format)."""
+    return any(node["class_type"].startswith("AceStudio15") for node in prompt.values())
 
 
 def prepare(prompt: dict, checkpoint: str, seconds: float = 4.0, steps: int = 3, lora: str = TINY_LORA) -> dict:
@@ -40,10 +72,35 @@ def prepare(prompt: dict, checkpoint: str, seconds: float = 4.0, steps: int = 3,
             inputs["seeds"] = str(random.randrange(2**32))
         if node["class_type"] == "AceStudioSaveAudio":
             inputs["filename_prefix"] = f"tests/{inputs['filename_prefix'].split('/')[-1]}"
+        prepare_v15_node(node["class_type"], inputs, seconds)
     return prompt
 
 
+def prepare_v15_node(node_type: str, inputs: dict, seconds: float):
+    """Points an ACE-Step 1.5 node at the tiny files and makes it CI-sized (API inputs by name)."""
+    if node_type == "AceStudio15CheckpointLoader":
+        inputs["ckpt_name"] = TINY15_CHECKPOINT
+    elif node_type == "AceStudio15DiffusionModelLoader":
+        inputs["unet_name"] = TINY15_FILES["dit"]
+    elif node_type == "AceStudio15TextEncoderLoader":
+        inputs["text_encoder_name"] = TINY15_FILES["text_encoder"]
+        if inputs["lm_name"] != "none":
+            inputs["lm_name"] = TINY15_FILES["lm"]
+    elif node_type == "AceStudio15VaeLoader":
+        inputs["vae_name"] = TINY15_FILES["vae"]
+    elif node_type == "AceStudio15EmptyLatentAudio":
+        inputs["seconds"] = seconds
+    elif node_type == "AceStudio15TextEncode":
+        inputs["duration"], inputs["seed"] = TINY15_DURATION, random.randrange(2**32)
+
+
+def expected_rate(prompt: dict) -> int:
+    return V15_SAMPLE_RATE if is_v15(prompt) else 44100
+
+
 def expected_samples(prompt: dict, seconds: float) -> int:
+    if is_v15(prompt):
+        return round(seconds * V15_SAMPLE_RATE / V15_SAMPLES_PER_FRAME) * V15_SAMPLES_PER_FRAME
     types = {n["class_type"] for n in prompt.values()}
     if "AceStudioAudioToLatent" in types:
         frames = math.ceil(EXAMPLE_SECONDS * 44100 / 4096)  # padded to whole frames, never cropped
@@ -78,4 +135,23 @@ def prepare_ui(workflow: dict, checkpoint: str, seconds: float = 4.0, steps: int
             values[0] = steps
         elif node["type"] == "AceStudioSeedsNoise":
             values[0] = str(random.randrange(2**32))
+        elif node["type"].startswith("AceStudio15"):
+            names = V15_WIDGETS.get(node["type"])
+            if names:
+                inputs = dict(zip(names, values))
+                prepare_v15_node(node["type"], inputs, seconds)
+                values[:len(names)] = [inputs[n] for n in names]
     return workflow
+
+
+# The 1.5 nodes' leading widgets as the UI format stores them (in schema order), for `prepare_ui`.
+V15_WIDGETS = {
+    "AceStudio15CheckpointLoader": ("ckpt_name",),
+    "AceStudio15DiffusionModelLoader": ("unet_name",),
+    "AceStudio15TextEncoderLoader": ("text_encoder_name", "lm_name"),
+    "AceStudio15VaeLoader": ("vae_name",),
+    "AceStudio15EmptyLatentAudio": ("seconds",),
+    "AceStudio15TextEncode": ("tags", "lyrics", "bpm", "duration", "timesignature", "language", "keyscale",
+                              "generate_audio_codes", "planner_caption", "lm_cfg_scale", "temperature", "top_p",
+                              "top_k", "min_p", "seed"),
+}
