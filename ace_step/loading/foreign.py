@@ -31,6 +31,12 @@ V15_CHECKPOINT_NODE = "Load ACE-Step 1.5 Checkpoint (ACE-Step Studio)"
 V15_DIT_NODE = "Load ACE-Step 1.5 Diffusion Model (ACE-Step Studio)"
 V15_TEXT_NODE = "Load ACE-Step 1.5 Text Encoders (ACE-Step Studio)"
 V15_VAE_NODE = "Load ACE-Step 1.5 VAE (ACE-Step Studio)"
+# What to choose instead of a file that is not ACE-Step at all (ComfyUI's repackaged names, the original folders).
+FAMILY_FILES = {
+    V1: "ComfyUI's ace_step_v1_3.5b.safetensors or the original ACE-Step-v1-3.5B folder",
+    V15: "ComfyUI's ace_step_1.5_turbo_aio.safetensors, its split files (acestep_v1.5_*.safetensors, "
+         "qwen_0.6b_ace15.safetensors, ace_1.5_vae.safetensors) or the original ACE-Step-1.5 folder",
+}
 
 # Qwen3 vocabularies (ace_step/text/qwen_tokenizer.py): Qwen3-Embedding-0.6B's rows, and the first id past the
 # audio codes the 5 Hz LMs can write (151,669 + 64,000).
@@ -159,6 +165,7 @@ def wrong_family_error(path, keys: KeysOrShapes, expected: str) -> Optional[Wron
         return None
     name = FAMILY_NAMES[expected]
     if found.family is None:
-        return WrongModelError(path, f"this looks like {found.what}.", f"This loader reads {name} files only.")
+        return WrongModelError(path, f"this looks like {found.what}.",
+                               f"This loader reads {name} files only: choose {FAMILY_FILES[expected]}.")
     return WrongModelError(path, f"this is {found.what}, not {name}.",
                            f"Load it with the '{found.node}' node; this loader reads {name} files only.")
