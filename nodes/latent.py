@@ -13,6 +13,17 @@ from .common import CATEGORY, display_name, node_id
 MAX_SECONDS = 1000.0  # the longest song a node accepts
 
 
+def empty_latent(seconds: float, batch_size: int, item_shape) -> dict:
+    """A LATENT of zeros for `batch_size` songs of `seconds`; `item_shape(seconds)`: one song's latent shape."""
+    if not 1.0 <= seconds <= MAX_SECONDS:
+        raise ValueError(f"seconds must be between 1 and {MAX_SECONDS:.0f}, got {seconds}")
+    shape = [batch_size, *item_shape(seconds)]
+    device = mm.intermediate_device()
+    require_memory(4 * math.prod(shape), device, f"an empty latent for {batch_size} × {seconds:g} s",
+                   "lower batch_size or seconds")
+    return {"samples": torch.zeros(shape, device=device), "type": "audio"}
+
+
 class EmptyLatentAudio(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -32,13 +43,7 @@ class EmptyLatentAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, seconds, batch_size) -> io.NodeOutput:
-        if not 1.0 <= seconds <= MAX_SECONDS:
-            raise ValueError(f"seconds must be between 1 and {MAX_SECONDS:.0f}, got {seconds}")
-        shape = [batch_size, CHANNELS, HEIGHT, frames_for_seconds(seconds)]
-        device = mm.intermediate_device()
-        require_memory(4 * math.prod(shape), device, f"an empty latent for {batch_size} × {seconds:g} s",
-                       "lower batch_size or seconds")
-        return io.NodeOutput({"samples": torch.zeros(shape, device=device), "type": "audio"})
+        return io.NodeOutput(empty_latent(seconds, batch_size, lambda s: [CHANNELS, HEIGHT, frames_for_seconds(s)]))
 
 
 class AudioToLatent(io.ComfyNode):

@@ -1,15 +1,10 @@
 """ACE-Step 1.5 latent nodes: empty song latents, and AUDIO <-> LATENT through the 1.5 VAE (48 kHz)."""
-import math
-
-import comfy.model_management as mm
-import torch
 from comfy_api.latest import io
 
 from ..comfy_bridge.audio_input import audio_parts
-from ..comfy_bridge.memory import require_memory
 from ..comfy_bridge.v15_family import CHANNELS, SAMPLE_RATE, frames_for_seconds
 from .common import display_name, node_id
-from .latent import MAX_SECONDS, normalise_loudness
+from .latent import MAX_SECONDS, empty_latent, normalise_loudness
 from .v15_common import CATEGORY, require_vae
 
 VAE_TOOLTIP = "The ACE-Step 1.5 VAE (Load ACE-Step 1.5 Checkpoint or Load ACE-Step 1.5 VAE)."
@@ -34,13 +29,7 @@ class EmptyLatentAudio15(io.ComfyNode):
 
     @classmethod
     def execute(cls, seconds, batch_size) -> io.NodeOutput:
-        if not 1.0 <= seconds <= MAX_SECONDS:
-            raise ValueError(f"seconds must be between 1 and {MAX_SECONDS:.0f}, got {seconds}")
-        shape = [batch_size, CHANNELS, frames_for_seconds(seconds)]
-        device = mm.intermediate_device()
-        require_memory(4 * math.prod(shape), device, f"an empty latent for {batch_size} × {seconds:g} s",
-                       "lower batch_size or seconds")
-        return io.NodeOutput({"samples": torch.zeros(shape, device=device), "type": "audio"})
+        return io.NodeOutput(empty_latent(seconds, batch_size, lambda s: [CHANNELS, frames_for_seconds(s)]))
 
 
 class AudioToLatent15(io.ComfyNode):

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .errors import (PICKLE_SUFFIXES, CONVERT_HINT, CheckpointNotFoundError, CorruptCheckpointError,
                      UnsafeCheckpointError)
+from .folder_search import find_root
 from .v15_keys import DIT, HF_FOLDERS, HF_WEIGHT_FILES, LM
 
 AIO_NAME = "ace_step_1.5_turbo_aio.safetensors"
@@ -33,7 +34,6 @@ TEXT_ENCODER_FOLDER = "Qwen3-Embedding-0.6B"
 VAE_FOLDER = "vae"
 DEFAULT_LM_FOLDER = "acestep-5Hz-lm-1.7B"  # the original's default planner, in its main repo
 DIT_PREFIX, LM_PREFIX = "acestep-v15-", "acestep-5Hz-lm-"
-_SEARCH_DEPTH = 4
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -194,20 +194,6 @@ def _named_children(directory: Path) -> Dict[str, Path]:
         return {}
 
 
-def find_root(path: Path, depth: int = _SEARCH_DEPTH) -> Optional[Path]:
-    """The folder holding original folders: `path` or below it (the most recently changed one when several)."""
-    if model_folders(path):
-        return path
-    if depth == 0:
-        return None
-    try:
-        children = sorted(c for c in path.iterdir() if c.is_dir() and not c.name.startswith("."))
-    except OSError:
-        return None
-    found = [r for r in (find_root(c, depth - 1) for c in children) if r is not None]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
 def _read_config(folder: Path) -> Optional[dict]:
     path = folder / "config.json"
     if not path.is_file():
@@ -319,7 +305,7 @@ def _find_one(path: Path, variant: Optional[str], lm_variant: Optional[str], nee
         found = Found("hf-folder", [])
         found.sources = _folder_sources(path, name, found)
         return found
-    root = find_root(path)
+    root = find_root(path, model_folders)
     if root is not None:
         return _from_root(root, variant, lm_variant, need_dit)
     aio = path / AIO_NAME

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import CONVERT_HINT, PICKLE_SUFFIXES, CheckpointNotFoundError, UnsafeCheckpointError
+from .folder_search import find_root
 
 # Where each network's keys sit in the all-in-one file (our modules' state-dict keys follow the prefix).
 ALL_IN_ONE_PREFIX = {"transformer": "model.diffusion_model.", "vae": "vae.", "umt5": "text_encoders.umt5base."}
@@ -134,22 +135,9 @@ def _folder_safetensors(folder: Path) -> list[Path]:
     return files
 
 
-def _find_original_root(path: Path, depth: int = 4) -> Optional[Path]:
-    """The folder holding `ace_step_transformer/` etc.: `path` itself or below it (e.g. a HF cache snapshot)."""
-    if any((path / name).is_dir() for name in ORIGINAL_FOLDERS.values()):
-        return path
-    if depth == 0:
-        return None
-    try:
-        children = sorted(c for c in path.iterdir() if c.is_dir() and not c.name.startswith("."))
-    except OSError:
-        return None
-    found = [r for r in (_find_original_root(c, depth - 1) for c in children) if r is not None]
-    if not found:
-        return None
-    # Several snapshots (HF cache): the newest.
-    return max(found, key=lambda p: max((p / n).stat().st_mtime for n in ORIGINAL_FOLDERS.values()
-                                        if (p / n).exists()))
+def _original_folders(path: Path) -> dict[str, Path]:
+    """The original sub-folders present directly in `path` (network -> folder)."""
+    return {net: path / name for net, name in ORIGINAL_FOLDERS.items() if (path / name).is_dir()}
 
 
 def find_files(path) -> FoundFiles:
@@ -158,7 +146,7 @@ def find_files(path) -> FoundFiles:
         return FoundFiles("single", path.parent, {"*": [path]})
     if not path.exists():
         raise CheckpointNotFoundError(path, "no such file or folder.", "Check the path.")
-    root = _find_original_root(path)
+    root = find_root(path, _original_folders)
     if root is not None:
         files, configs = {}, {}
         for part, name in ORIGINAL_FOLDERS.items():
