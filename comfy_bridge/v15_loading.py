@@ -82,7 +82,7 @@ def load_checkpoint(path: Path, weight_dtype: str = "default", variant: Optional
         variant=variant)
     vae = AceStep15Vae(models.vae)
     silence = _silence(dit_weights_path(models.info), vae)
-    return model_patcher(models.dit, compute_dtype, silence), _clip(models), vae
+    return with_variant(model_patcher(models.dit, compute_dtype, silence), models.info), _clip(models), vae
 
 
 def load_diffusion_model(path: Path, weight_dtype: str = "default", vae: Optional[AceStep15Vae] = None):
@@ -91,7 +91,15 @@ def load_diffusion_model(path: Path, weight_dtype: str = "default", vae: Optiona
     dtypes, ops, attention, compute_dtype = _dit_options(weight_dtype)
     models = load_ace_step15(path, components=("dit",), dtype=dtypes, device=mm.unet_offload_device(),
                              operations=ops, attention=attention, dit_cls=ComfyCallableAceStep15)
-    return model_patcher(models.dit, compute_dtype, _silence(dit_weights_path(models.info), vae))
+    return with_variant(model_patcher(models.dit, compute_dtype, _silence(dit_weights_path(models.info), vae)),
+                        models.info)
+
+
+def with_variant(patcher, info):
+    """Records on the MODEL which DiT variant its file or folder name (or a tiny demo file's metadata) says it is
+    (`v15_layout.VariantGuess`; kind None when unknown): the base-only tasks check it."""
+    patcher.model.variant_guess = info.variant
+    return patcher
 
 
 def load_text_encoders(text_encoder: Path, lm: Optional[Path] = None) -> AceStep15Clip:
