@@ -112,5 +112,14 @@ for f in "$aio15" "${split15[@]}"; do
     break
   fi
 done
+# ... and the same tiny DiT named (and stated) a base model, for the base-only tasks (extract, lego, complete)
+base15="$models/diffusion_models/acestep_v1.5_tiny_demo_base.safetensors"
+if [ ! -f "$base15" ] || [ "$fixture15" -nt "$base15" ]; then
+  tmp15="$(mktemp -d)"
+  "$PY" "$ROOT/scripts/make_tiny_checkpoint.py" --family 1.5 --dtype bf16 --layout comfyui-split --variant base --out "$tmp15" >/dev/null
+  mv "$tmp15/diffusion_models/acestep_v1.5_tiny_demo_base.safetensors" "$base15"
+  rm -rf "$tmp15"
+  log "wrote the tiny ACE-Step 1.5 base demo DiT $base15"
+fi
 
 log "ready: ComfyUI at $COMFYUI_PATH, python $PY"
