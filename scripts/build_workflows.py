@@ -403,7 +403,7 @@ def workflows() -> list[Workflow]:
     sampler = next(n for n in a2a.nodes if n.id == 7)
     sampler.widgets = [(k, 0.5 if k == "denoise" else v) for k, v in sampler.widgets]
     return [song, instrumental, a2a, _lora(), _original_quality(), _original_custom_sampling(),
-            *_edit_workflows(), *v15_workflows()]
+            *_edit_workflows(), *v15_workflows(), *v15_stem_workflows()]
 
 
 RAP_LORA = "ace_step_v1_chinese_rap_lora.safetensors"
@@ -573,6 +573,86 @@ def v15_workflows() -> list[Workflow]:
                  outputs=[("CONDITIONING", "CONDITIONING")]),
         ])
     return [turbo, split, sft, instrumental, reference]
+
+
+V15_BASE_DIT = "acestep_v1.5_base.safetensors"
+V15_LORA = "my_ace_step15_lora/adapter_model.safetensors"
+V15_STEM_KNOBS = """
+**Knobs** (the task node; base model only: turbo and sft were not trained for it and are refused)
+- *steps / shift / cfg*: the original's base schedule, 50 steps (32-100), shift 1, cfg 7 (ComfyUI's CFG with the
+  DiT's null condition; the original guides with APG).
+- *seed*: the original's noise for the seed.
+- ACE-Step 1.5 Text Encode: tags and lyrics of the result; audio codes are off (the song stands for them).
+- Track names: vocals, backing_vocals, drums, bass, guitar, keyboard, percussion, strings, synth, fx, brass,
+  woodwinds (the original's).
+"""
+V15_STEM_SAMPLING = [("seed", 42), ("steps", 50), ("shift", 1.0), ("cfg", 7.0)]
+
+
+def _v15_stem(name: str, title: str, intro: str, task: Node, tags: str, lyrics: str) -> Workflow:
+    """The base model from split files (1, 10, 11) -> tags + lyrics (3); the example song (Load Audio -> Audio to
+    ACE-Step 1.5 Latent) -> `task` (node 6) -> ACE-Step 1.5 Latent to Audio -> Save Audio."""
+    task.inputs = [("model", "MODEL", (1, 0)), ("clip", "CLIP", (10, 0)), ("positive", "CONDITIONING", (3, 0)),
+                   ("source", "LATENT", (13, 0))]
+    task.outputs, task.seed_widget = [("LATENT", "LATENT")], "seed"
+    nodes = [
+        *_v15_split(V15_BASE_DIT, "none"),
+        _v15_text(3, (10, 0), tags, lyrics, codes=False, metadata=(100, "4", "en", "auto"), seconds=30.0),
+        task,
+        Node(7, "AceStudio15LatentToAudio", widgets=[("normalize", True)],
+             inputs=[("samples", "LATENT", (6, 0)), ("vae", "VAE", (11, 0))], outputs=[("AUDIO", "AUDIO")]),
+        Node(8, "AceStudioSaveAudio",
+             widgets=[("filename_prefix", f"audio/{name}"), ("format", "flac"), ("quality", "V0")],
+             inputs=[("audio", "AUDIO", (7, 0))], ui_only_widgets=[None], size=(320, 200)),
+        Node(12, "LoadAudio", widgets=[("audio", "example_song.flac")], outputs=[("AUDIO", "AUDIO")],
+             ui_only_widgets=[None, ""], size=(320, 160)),
+        Node(13, "AceStudio15AudioToLatent", inputs=[("audio", "AUDIO", (12, 0)), ("vae", "VAE", (11, 0))],
+             outputs=[("LATENT", "LATENT")]),
+    ]
+    files = V15_FILES.replace("`acestep_v1.5_base`", f"`{V15_BASE_DIT}`: the one these tasks need")
+    return Workflow(name, nodes=sorted(nodes, key=lambda n: n.id),
+                    note=Note(f"## {title}\n{intro}\n{V15_STEM_KNOBS}\n{files}", size=(480, 460)))
+
+
+def v15_stem_workflows() -> list[Workflow]:
+    extract = _v15_stem(
+        "ace_step15_extract", "ACE-Step 1.5 base: extract a stem",
+        "Isolates one track of the input song (Load Audio): *track* vocals, drums, bass... The tags describe the stem "
+        "you want.",
+        Node(6, "AceStudio15Extract", widgets=[("track", "vocals"), *V15_STEM_SAMPLING], size=(340, 260)),
+        "female vocals, dreamy, clean vocal stem", NEW_LYRICS)
+    lego = _v15_stem(
+        "ace_step15_lego", "ACE-Step 1.5 base: add a track (lego)",
+        "Adds *track* to the input song from *start_seconds* to *end_seconds* (0 to -1 = the whole song, every frame "
+        "regenerated with the song as context); outside a range the song is kept bit for bit, blended over "
+        "*crossfade_frames* (10 = 0.4 s) at each edge.",
+        Node(6, "AceStudio15Lego", widgets=[("track", "guitar"), ("start_seconds", 4.0), ("end_seconds", -1.0),
+                                           ("crossfade_frames", 10), ("injection_ratio", 0.5), *V15_STEM_SAMPLING],
+             size=(340, 360)),
+        f"{EXAMPLE_TAGS}, electric guitar", NEW_LYRICS)
+    complete = _v15_stem(
+        "ace_step15_complete", "ACE-Step 1.5 base: complete (add instruments)",
+        "Adds the instruments in *tracks* (commas between names) to the input song, e.g. drums and bass under a "
+        "vocal or a guitar take. Empty *tracks*: the original's generic 'Complete the input track:'.",
+        Node(6, "AceStudio15Complete", widgets=[("tracks", "drums, bass"), *V15_STEM_SAMPLING], size=(340, 260)),
+        f"{EXAMPLE_TAGS}, drums, bass", NEW_LYRICS)
+    lora = _v15_song(
+        "ace_step15_lora", "ACE-Step 1.5 turbo: song with a LoRA / LoKr",
+        "The checkpoint's MODEL goes through *ACE-Step 1.5 LoRA / LoKr* before sampling; chain more of them to stack "
+        "adapters, bypass the node to hear the base model.\n\n"
+        f"**Adapter file**: what ACE-Step 1.5's trainer saves: a LoRA folder (`adapter_model.safetensors` with its "
+        f"`adapter_config.json`) copied into `models/loras/` (here `models/loras/{V15_LORA}`), or a LoKr "
+        "`lokr_weights.safetensors`; ComfyUI and kohya spellings load too. ACE-Step v1 LoRAs go to the v1 *ACE-Step "
+        "LoRA* node.\n\n"
+        "**Strength**: multiplies the adapter's change as trained (alpha / rank from the file): 0 = off, above 1 "
+        "stronger, negative inverts it.",
+        [_v15_checkpoint()], (12, 0), (1, 1), (1, 2), _v15_text(3, (1, 1), V15_TAGS, SONG_LYRICS, codes=False,
+                                                                   metadata=(105, "4", "en", "E minor")),
+        extra=[Node(12, "AceStudio15LoraLoader",
+                    widgets=[("lora_name", V15_LORA), ("strength", 1.0), ("alpha", 0.0),
+                             ("rank_scaling", "from file")],
+                    inputs=[("model", "MODEL", (1, 0))], outputs=[("MODEL", "MODEL")], size=(340, 180))])
+    return [extract, lego, complete, lora]
 
 
 def rendered() -> dict[Path, str]:

@@ -20,6 +20,11 @@ EXTEND_SECONDS = (1.0, 2.0)  # both sides, under the 240 s window
 TINY15_CHECKPOINT = "ace_step_1.5_tiny_demo_aio.safetensors"
 TINY15_FILES = {"dit": "acestep_v1.5_tiny_demo_turbo.safetensors", "text_encoder": "qwen_tiny_demo_ace15.safetensors",
                 "lm": "qwen_tiny_demo_lm_ace15.safetensors", "vae": "ace_1.5_tiny_demo_vae.safetensors"}
+# The tiny DiT again, named (and stated) a base model, for the base-only tasks; a PEFT LoRA for the tiny DiT in its
+# own folder with its adapter_config.json, as ACE-Step 1.5's trainer saves it.
+TINY15_BASE_DIT = "acestep_v1.5_tiny_demo_base.safetensors"
+TINY15_LORA = "ace_step15_tiny_demo_lora/adapter_model.safetensors"
+V15_STEM_NODES = ("AceStudio15Extract", "AceStudio15Lego", "AceStudio15Complete")
 # The 1.5 prompt states the song's length, 10 s at least; the planner writes 5 codes per second of it.
 TINY15_DURATION = 10.0
 V15_SAMPLE_RATE, V15_SAMPLES_PER_FRAME = 48000, 1920
@@ -40,7 +45,32 @@ def tiny15_files(comfy_server) -> str:
     if not all((models / folder / name).exists() for folder, name in
                zip(("diffusion_models", "text_encoders", "text_encoders", "vae"), TINY15_FILES.values())):
         write_tiny15(models, layout="comfyui-split", dtype=torch.bfloat16)
+    write_tiny15_base_and_lora(models)
     return TINY15_CHECKPOINT
+
+
+def write_tiny15_base_and_lora(models: Path):
+    """TINY15_BASE_DIT and TINY15_LORA in a ComfyUI models folder (once)."""
+    import tempfile
+
+    import torch
+
+    from ace_step.loading.state_loading import build_on_meta, state_shapes
+    from ace_step.loading.v15_keys import DIT
+    from ace_step.models.v15.model import AceStep15
+    from fixtures.v15_adapters import make_v15_lora, write_adapter
+    from fixtures.v15_tiny_checkpoint import tiny15_configs, write_tiny15
+
+    base = models / "diffusion_models" / TINY15_BASE_DIT
+    if not base.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            written = write_tiny15(tmp, layout="comfyui-split", dtype=torch.bfloat16, variant="base", lm=False)
+            written[DIT].replace(base)
+    lora = models / "loras" / TINY15_LORA
+    if not lora.exists():
+        shapes = state_shapes(build_on_meta(AceStep15, tiny15_configs()[DIT]))
+        tensors, config = make_v15_lora(shapes, rank=4, alpha=8, seed=6)
+        write_adapter(lora, tensors, config)
 
 
 def is_v15(prompt: dict) -> bool:
@@ -81,7 +111,11 @@ def prepare_v15_node(node_type: str, inputs: dict, seconds: float):
     if node_type == "AceStudio15CheckpointLoader":
         inputs["ckpt_name"] = TINY15_CHECKPOINT
     elif node_type == "AceStudio15DiffusionModelLoader":
-        inputs["unet_name"] = TINY15_FILES["dit"]
+        inputs["unet_name"] = TINY15_BASE_DIT if "base" in inputs["unet_name"] else TINY15_FILES["dit"]
+    elif node_type == "AceStudio15LoraLoader":
+        inputs["lora_name"] = TINY15_LORA
+    elif node_type in V15_STEM_NODES:
+        inputs["steps"], inputs["seed"] = 2, random.randrange(2**32)
     elif node_type == "AceStudio15TextEncoderLoader":
         inputs["text_encoder_name"] = TINY15_FILES["text_encoder"]
         if inputs["lm_name"] != "none":
@@ -100,6 +134,8 @@ def expected_rate(prompt: dict) -> int:
 
 def expected_samples(prompt: dict, seconds: float) -> int:
     if is_v15(prompt):
+        if any(n["class_type"] in V15_STEM_NODES for n in prompt.values()):  # the example song, same length
+            return math.ceil(EXAMPLE_SECONDS * V15_SAMPLE_RATE / V15_SAMPLES_PER_FRAME) * V15_SAMPLES_PER_FRAME
         return round(seconds * V15_SAMPLE_RATE / V15_SAMPLES_PER_FRAME) * V15_SAMPLES_PER_FRAME
     types = {n["class_type"] for n in prompt.values()}
     if "AceStudioAudioToLatent" in types:
@@ -151,6 +187,11 @@ V15_WIDGETS = {
     "AceStudio15TextEncoderLoader": ("text_encoder_name", "lm_name"),
     "AceStudio15VaeLoader": ("vae_name",),
     "AceStudio15EmptyLatentAudio": ("seconds",),
+    "AceStudio15LoraLoader": ("lora_name",),
+    "AceStudio15Extract": ("track", "seed", "control_after_generate", "steps"),
+    "AceStudio15Complete": ("tracks", "seed", "control_after_generate", "steps"),
+    "AceStudio15Lego": ("track", "start_seconds", "end_seconds", "crossfade_frames", "injection_ratio", "seed",
+                        "control_after_generate", "steps"),
     "AceStudio15TextEncode": ("tags", "lyrics", "bpm", "duration", "timesignature", "language", "keyscale",
                               "generate_audio_codes", "planner_caption", "lm_cfg_scale", "temperature", "top_p",
                               "top_k", "min_p", "seed"),
