@@ -403,7 +403,7 @@ def workflows() -> list[Workflow]:
     sampler = next(n for n in a2a.nodes if n.id == 7)
     sampler.widgets = [(k, 0.5 if k == "denoise" else v) for k, v in sampler.widgets]
     return [song, instrumental, a2a, _lora(), _original_quality(), _original_custom_sampling(),
-            *_edit_workflows(), *v15_workflows(), *v15_stem_workflows()]
+            *_edit_workflows(), *v15_workflows(), *v15_edit_workflows(), *v15_stem_workflows()]
 
 
 RAP_LORA = "ace_step_v1_chinese_rap_lora.safetensors"
@@ -573,6 +573,90 @@ def v15_workflows() -> list[Workflow]:
                  outputs=[("CONDITIONING", "CONDITIONING")]),
         ])
     return [turbo, split, sft, instrumental, reference]
+
+
+V15_TASK_SAMPLING = [("seed", 42), ("model_variant", "turbo"), ("steps", 8), ("shift", 3.0), ("cfg", 1.0)]
+V15_TASK_KNOBS = """
+**Knobs** (the task node)
+- *model_variant / steps / shift / cfg*: the original's schedule: turbo = its eight fixed levels at shift 3, cfg 1;
+  sft / base: 32-100 steps, shift 1, cfg about 4-7 (ComfyUI's CFG with the DiT's null condition).
+- *seed*: the original's noise for the seed; connect ACE-Step 1.5 Retake Noise to *noise* for variations.
+- ACE-Step 1.5 Text Encode: the new tags and lyrics; audio codes are off (the song stands for them); the planner
+  still fills in metadata left on auto when an LM is loaded.
+"""
+
+
+def _v15_task(name: str, title: str, intro: str, task: Node) -> Workflow:
+    """Checkpoint -> new tags + lyrics; the example song (Load Audio -> Audio to ACE-Step 1.5 Latent) -> `task`
+    (node 6) -> ACE-Step 1.5 Latent to Audio -> Save Audio."""
+    task.inputs = [("model", "MODEL", (1, 0)), ("clip", "CLIP", (1, 1)), ("positive", "CONDITIONING", (3, 0)),
+                   ("source", "LATENT", (13, 0))]
+    task.outputs, task.seed_widget = [("LATENT", "LATENT")], "seed"
+    nodes = [
+        _v15_checkpoint(),
+        _v15_text(3, (1, 1), V15_TAGS, NEW_LYRICS, codes=False, seconds=30.0),
+        task,
+        Node(7, "AceStudio15LatentToAudio", widgets=[("normalize", True)],
+             inputs=[("samples", "LATENT", (6, 0)), ("vae", "VAE", (1, 2))], outputs=[("AUDIO", "AUDIO")]),
+        Node(8, "AceStudioSaveAudio",
+             widgets=[("filename_prefix", f"audio/{name}"), ("format", "flac"), ("quality", "V0")],
+             inputs=[("audio", "AUDIO", (7, 0))], ui_only_widgets=[None], size=(320, 200)),
+        Node(12, "LoadAudio", widgets=[("audio", "example_song.flac")], outputs=[("AUDIO", "AUDIO")],
+             ui_only_widgets=[None, ""], size=(320, 160)),
+        Node(13, "AceStudio15AudioToLatent", inputs=[("audio", "AUDIO", (12, 0)), ("vae", "VAE", (1, 2))],
+             outputs=[("LATENT", "LATENT")]),
+    ]
+    return Workflow(name, nodes=sorted(nodes, key=lambda n: n.id),
+                    note=Note(f"## {title}\n{intro}\n{V15_TASK_KNOBS}\n{V15_FILES}", size=(480, 460)))
+
+
+def v15_edit_workflows() -> list[Workflow]:
+    cover = _v15_task(
+        "ace_step15_cover", "ACE-Step 1.5: cover",
+        "The input song (Load Audio) re-sung and re-arranged from new tags and lyrics: the DiT follows the song's "
+        "semantic hints for the first *audio_cover_strength* of the steps (1 = all, the original's default; about "
+        "0.2 keeps only a little of the song), then the text alone.",
+        Node(6, "AceStudio15Cover", widgets=[("audio_cover_strength", 1.0), *V15_TASK_SAMPLING], size=(340, 300)))
+    repaint = _v15_task(
+        "ace_step15_repaint", "ACE-Step 1.5: repaint",
+        "Regenerates *start_seconds*-*end_seconds* (-1 = the song's end) of the input song from the new tags and "
+        "lyrics; frames more than *crossfade_frames* (10 = 0.4 s) from the range are kept bit for bit.",
+        Node(6, "AceStudio15Repaint", widgets=[("start_seconds", 4.0), ("end_seconds", 8.0), ("crossfade_frames", 10),
+                                              ("injection_ratio", 0.5), *V15_TASK_SAMPLING], size=(340, 380)))
+    extend = _v15_task(
+        "ace_step15_extend", "ACE-Step 1.5: extend",
+        "Adds *left_seconds* before and *right_seconds* after the input song, which is kept bit for bit. "
+        "Extensions may be longer than the song; results past *window_seconds* sample only the window next to the "
+        "new part.",
+        Node(6, "AceStudio15Extend", widgets=[("left_seconds", 0.0), ("right_seconds", 10.0),
+                                             ("window_seconds", 600.0), ("crossfade_frames", 0),
+                                             ("injection_ratio", 0.5), *V15_TASK_SAMPLING], size=(340, 400)))
+    retake = _v15_song(
+        "ace_step15_retake", "ACE-Step 1.5 turbo: retake (variations)",
+        "A song and its variations: *ACE-Step 1.5 Retake Noise* mixes the seed's noise with new noise from "
+        "*retake_seed* (cos/sin, *variance* 0 = the seed's song, 1 = an unrelated one) for core "
+        "SamplerCustomAdvanced. Keep *seed*, change *retake_seed* for more variations. This is ACE-Step Studio's "
+        "retake (as its v1 Retake); the original 1.5 makes variations by seed only.",
+        [_v15_checkpoint()], (1, 0), (1, 1), (1, 2), _v15_text(3, (1, 1), V15_TAGS, SONG_LYRICS, seconds=60.0),
+        seconds=60.0)
+    retake.nodes = [n for n in retake.nodes if n.id not in (4, 6)] + [
+        Node(6, "SamplerCustomAdvanced",
+             inputs=[("noise", "NOISE", (10, 0)), ("guider", "GUIDER", (11, 0)), ("sampler", "SAMPLER", (12, 0)),
+                     ("sigmas", "SIGMAS", (14, 0)), ("latent_image", "LATENT", (5, 0))],
+             outputs=[("output", "LATENT"), ("denoised_output", "LATENT")], size=(320, 160)),
+        Node(10, "AceStudio15RetakeNoise", widgets=[("seed", 42), ("retake_seed", 7), ("variance", 0.2)],
+             outputs=[("NOISE", "NOISE")], seed_widget="retake_seed", size=(320, 160)),
+        Node(11, "BasicGuider", inputs=[("model", "MODEL", (2, 0)), ("conditioning", "CONDITIONING", (3, 0))],
+             outputs=[("GUIDER", "GUIDER")]),
+        Node(12, "KSamplerSelect", widgets=[("sampler_name", "euler")], outputs=[("SAMPLER", "SAMPLER")]),
+        Node(14, "BasicScheduler", widgets=[("scheduler", "simple"), ("steps", 8), ("denoise", 1.0)],
+             inputs=[("model", "MODEL", (2, 0))], outputs=[("SIGMAS", "SIGMAS")]),
+    ]
+    retake.nodes.sort(key=lambda n: n.id)
+    retake.note.text = retake.note.text.replace(
+        "- *KSampler*: 8 steps, cfg 1, euler/simple", "- *SamplerCustomAdvanced*: 8 steps, BasicGuider (cfg 1), "
+        "euler/simple")
+    return [cover, repaint, extend, retake]
 
 
 V15_BASE_DIT = "acestep_v1.5_base.safetensors"

@@ -126,6 +126,8 @@ def prepare_v15_node(node_type: str, inputs: dict, seconds: float):
         inputs["seconds"] = seconds
     elif node_type == "AceStudio15TextEncode":
         inputs["duration"], inputs["seed"] = TINY15_DURATION, random.randrange(2**32)
+    elif node_type == "AceStudio15Extend":
+        inputs["left_seconds"], inputs["right_seconds"] = EXTEND_SECONDS
 
 
 def expected_rate(prompt: dict) -> int:
@@ -134,9 +136,14 @@ def expected_rate(prompt: dict) -> int:
 
 def expected_samples(prompt: dict, seconds: float) -> int:
     if is_v15(prompt):
-        if any(n["class_type"] in V15_STEM_NODES for n in prompt.values()):  # the example song, same length
-            return math.ceil(EXAMPLE_SECONDS * V15_SAMPLE_RATE / V15_SAMPLES_PER_FRAME) * V15_SAMPLES_PER_FRAME
-        return round(seconds * V15_SAMPLE_RATE / V15_SAMPLES_PER_FRAME) * V15_SAMPLES_PER_FRAME
+        types = {n["class_type"] for n in prompt.values()}
+        if "AceStudio15EmptyLatentAudio" in types:
+            return round(seconds * V15_SAMPLE_RATE / V15_SAMPLES_PER_FRAME) * V15_SAMPLES_PER_FRAME
+        frames = math.ceil(EXAMPLE_SECONDS * V15_SAMPLE_RATE / V15_SAMPLES_PER_FRAME)  # the example song, edited
+        for node in prompt.values():
+            if node["class_type"] == "AceStudio15Extend":
+                frames += sum(int(node["inputs"][side] * 25) for side in ("left_seconds", "right_seconds"))
+        return frames * V15_SAMPLES_PER_FRAME
     types = {n["class_type"] for n in prompt.values()}
     if "AceStudioAudioToLatent" in types:
         frames = math.ceil(EXAMPLE_SECONDS * 44100 / 4096)  # padded to whole frames, never cropped
@@ -192,6 +199,7 @@ V15_WIDGETS = {
     "AceStudio15Complete": ("tracks", "seed", "control_after_generate", "steps"),
     "AceStudio15Lego": ("track", "start_seconds", "end_seconds", "crossfade_frames", "injection_ratio", "seed",
                         "control_after_generate", "steps"),
+    "AceStudio15Extend": ("left_seconds", "right_seconds"),
     "AceStudio15TextEncode": ("tags", "lyrics", "bpm", "duration", "timesignature", "language", "keyscale",
                               "generate_audio_codes", "planner_caption", "lm_cfg_scale", "temperature", "top_p",
                               "top_k", "min_p", "seed"),
