@@ -136,6 +136,8 @@ def expected_rate(prompt: dict) -> int:
 
 def expected_samples(prompt: dict, seconds: float) -> int:
     if is_v15(prompt):
+        if any(n["class_type"] in V15_STEM_NODES for n in prompt.values()):  # the example song, same length
+            return math.ceil(EXAMPLE_SECONDS * V15_SAMPLE_RATE / V15_SAMPLES_PER_FRAME) * V15_SAMPLES_PER_FRAME
         types = {n["class_type"] for n in prompt.values()}
         if "AceStudio15EmptyLatentAudio" in types:
             return round(seconds * V15_SAMPLE_RATE / V15_SAMPLES_PER_FRAME) * V15_SAMPLES_PER_FRAME
