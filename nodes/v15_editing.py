@@ -237,7 +237,7 @@ class RetakeNoise15(io.ComfyNode):
                         "the original 1.5's, which makes variations by seed only. NOISE for SamplerCustomAdvanced or "
                         "the 1.5 Cover / Repaint / Extend nodes.",
             inputs=[
-                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF,
+                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="The song's seed (the original's noise; batch row i uses seed + i)."),
                 io.Int.Input("retake_seed", default=7, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip="The new noise's seed: change it for another variation."),
