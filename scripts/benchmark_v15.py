@@ -26,9 +26,28 @@ Stages and references (random weights at the real configs: speed does not depend
   diffusers' `AutoencoderOobleck` (the original pipeline's class, untiled) holding the same weights, alternating.
   Floor: the convolutions' multiply-adds (counted on the `meta` device, untiled) / F.
 
+- tasks (`--stages tasks`, not in the default stages): each ACE-Step 1.5 task as a user runs it on the pack's ComfyUI
+  MODEL and CLIP (`ComfyCallableAceStep15` in `model_patcher`, `AceStep15Clip`, built with the loaders' operations
+  and attention, random weights; the full text encoder Qwen3-Embedding-0.6B at the real configs), from the
+  CONDITIONING of ACE-Step 1.5 Text Encode (timed once, its own row) and a source latent to the output latent, VAE
+  encode / decode excluded (the VAE rows). text2music = ComfyUI's KSampler (euler, simple, ConditioningZeroOut as
+  the negative, ModelSamplingAuraFlow as the workflows), the baseline; cover (strength 1), repaint of the middle
+  third, extend by +50 % on the right = the nodes' `execute` (nodes/v15_editing.py) on the turbo schedule (8 steps,
+  cfg 1); extract vocals, lego drums (the whole song), complete (drums, bass) = the stem nodes' `execute`
+  (nodes/v15_stems.py) on the base schedule at `--task-steps` with cfg 7, beside KSampler text2music at the same
+  steps and cfg. So each task's time holds the caption re-encoded with its instruction, its DiT condition, the DiT
+  loop and the repaint merge, at `--task-seconds` (source) over `--task-repeats` runs. "× text2music" = the task's
+  s / audio s over the text2music row's of the same schedule (per second of OUTPUT: extend writes 1.5 x the
+  source). DiT forwards are counted by a hook on the DiTDecoder, calls and rows as the code runs them: the task
+  loop calls the DiT once per pass; ComfyUI would batch KSampler's cond and uncond, but the pack's MODEL marks the
+  unconditional pass with a `replace_with_null_embeds` key the positive lacks, so they run as two 1-row calls too
+  (the DiT stage above times a 2-row CFG batch). The floor is the sum over those forwards of the DiT floor above
+  (the DiT loop alone, no text or condition encoder), so "of floor" shows what the rest adds.
+
 Timings are medians of `--repeats` (each implementation once per repeat, the order flipping every repeat) after a
-warm-up run of each (a short one on CPU). "s / audio s" = the stage's time for `seconds` of audio / `seconds`;
-"vs ref" = reference time / pack time (> 1: the pack is faster); "of floor" = floor time / measured time.
+warm-up run of each (a short one on CPU; the tasks: one short text2music and repaint). "s / audio s" = the stage's
+time for `seconds` of audio / `seconds`; "vs ref" = reference time / pack time (> 1: the pack is faster); "of
+floor" = floor time / measured time.
 Writes the table to stdout and every number, with the machine, to `--json`. No timing is asserted.
 """
 from __future__ import annotations
@@ -54,13 +73,17 @@ from torch import nn  # noqa: E402
 
 # The planner benchmark's device figures, floors and timing helpers: one copy, imported.
 from benchmark_planner import DTYPES, cpu_name, floors, measure_device, model_figures, sync, timed  # noqa: E402
+from ace_step.models.v15.audio_codes import AudioDetokenizerConfig, AudioTokenizerConfig  # noqa: E402
+from ace_step.models.v15.condition_encoder import ConditionEncoderConfig  # noqa: E402
 from ace_step.models.v15.dit import SLIDING, DiTConfig, DiTDecoder  # noqa: E402
+from ace_step.models.v15.layers import StackConfig  # noqa: E402
 from ace_step.models.v15.model import AceStep15Config  # noqa: E402
 from ace_step.models.v15.qwen3 import Qwen3CausalLM, Qwen3Config  # noqa: E402
 from ace_step.models.v15.vae import OobleckConfig, OobleckVAE, to_file_state_dict  # noqa: E402
 from ace_step.sampling.planner_lm import DEFAULT_WINDOW, Qwen3PlannerLM  # noqa: E402
 
 CODES_PER_SECOND = 5  # the planner's audio codes: 5 Hz
+CHANNELS_15 = 64  # 1.5 latent channels
 FRAMES_PER_SECOND = 25  # DiT / VAE latent frames: 48000 / 1920
 STEPS = {"turbo": (8, 1), "sft/base": (50, 2)}  # sampling steps, rows per forward (2 = CFG batch)
 
@@ -73,19 +96,34 @@ TINY = {
     # 64 latent channels (the ComfyUI VAE checks them), encoder width 2 x 64 (diffusers ties the two), flat widths.
     "vae": OobleckConfig(encoder_channels=128, decoder_channels=8, latent_channels=64,
                          channel_multiples=(1, 1, 1, 1, 1)),
+    # The tasks stage: the tiny DiT inside a whole 1.5 model (one-layer condition encoder, tokenizer, detokenizer)
+    # reading a tiny text encoder's states (the real vocabulary: the real tokenizer feeds it).
+    "text": Qwen3Config(vocab_size=151_669, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                        num_kv_heads=2, head_dim=16),
 }
+_TINY_STACK = StackConfig(hidden_size=64, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=128)
+TINY["model"] = AceStep15Config(
+    decoder=TINY["dit"], encoder=ConditionEncoderConfig(lyric=_TINY_STACK, timbre=_TINY_STACK, text_hidden_dim=64),
+    tokenizer=AudioTokenizerConfig(pooler=_TINY_STACK), detokenizer=AudioDetokenizerConfig(stack=_TINY_STACK))
 
 PRESETS = {
     # Full size, fp32 (what ComfyUI computes in on a CPU). 14 minutes on 2 cores (LM 9), 8.2 GB peak RSS.
+    # Tasks (--stages tasks): 10 s, base 6 steps, one repeat: about 7-8 minutes (estimated from the DiT rows).
     "cpu": dict(device="cpu", dtype="fp32", lm="lm-1.7B", dit="2B", vae="full", seconds=[10], lm_seconds=10,
-                lm_prompt=256, memory=512, repeats=2, short_warmup=True),
+                lm_prompt=256, memory=512, repeats=2, short_warmup=True, task_seconds=[10], task_steps=6,
+                task_repeats=1),
     "gpu": dict(device="cuda", dtype="bf16", lm="lm-1.7B", dit="2B", vae="full", seconds=[30, 120, 240],
-                lm_seconds=30, lm_prompt=512, memory=512, repeats=3, short_warmup=False),
+                lm_seconds=30, lm_prompt=512, memory=512, repeats=3, short_warmup=False, task_seconds=[30, 120],
+                task_steps=50, task_repeats=3),
     # tests/test_benchmark_v15.py: the whole machinery in seconds; its timings mean nothing.
     "tiny": dict(device="cpu", dtype="fp32", lm="tiny", dit="tiny", vae="tiny", seconds=[0.4], lm_seconds=0.4,
-                 lm_prompt=16, memory=8, repeats=1, short_warmup=True),
+                 lm_prompt=16, memory=8, repeats=1, short_warmup=True, task_seconds=[0.4], task_steps=2,
+                 task_repeats=1),
 }
+# The tasks stage is not a default stage: the default run is BENCHMARKS.md's table (14 min, 8.2 GB on the CPU), and
+# the tasks hold a second full-size model (the whole 1.5 DiT and the text encoder: ~12 GB in fp32) for ~8 more minutes.
 STAGES = ("lm", "dit", "vae")
+ALL_STAGES = STAGES + ("tasks",)
 COLUMNS = ("stage", "impl", "work", "audio_s", "median_s", "s_per_audio_s", "vs_ref", "floor_s_per_audio_s",
            "of_floor")
 
@@ -93,8 +131,11 @@ COLUMNS = ("stage", "impl", "work", "audio_s", "median_s", "s_per_audio_s", "vs_
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma list of lm, dit, vae")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma list of lm, dit, vae, tasks (default: not tasks)")
     p.add_argument("--seconds", default=None, help="comma list: audio seconds for the DiT and VAE (preset's)")
+    p.add_argument("--task-seconds", default=None, help="comma list: source audio seconds for the tasks (preset's)")
+    p.add_argument("--task-steps", type=int, default=None, help="base-schedule steps of the base-only tasks")
+    p.add_argument("--task-repeats", type=int, default=None, help="timed runs of each task after the warm-up")
     p.add_argument("--lm-seconds", type=float, default=None, help="audio seconds of codes the LM writes")
     p.add_argument("--lm-prompt", type=int, default=None, help="prompt tokens per LM row")
     p.add_argument("--lm", default=None, help="lm-0.6B, lm-1.7B, lm-4B")
@@ -114,12 +155,13 @@ def parse_args(argv=None):
     for key, value in preset.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    if isinstance(args.seconds, str):
-        args.seconds = [float(s) for s in args.seconds.split(",")]
+    for key in ("seconds", "task_seconds"):
+        if isinstance(getattr(args, key), str):
+            setattr(args, key, [float(s) for s in getattr(args, key).split(",")])
     args.stages = [s for s in args.stages.split(",") if s]
     args.vae_impls = [s for s in args.vae_impls.split(",") if s]
-    if set(args.stages) - set(STAGES) or set(args.vae_impls) - {"pack", "comfy", "diffusers"}:
-        p.error(f"--stages: {STAGES}; --vae-impls: pack, comfy, diffusers")
+    if set(args.stages) - set(ALL_STAGES) or set(args.vae_impls) - {"pack", "comfy", "diffusers"}:
+        p.error(f"--stages: {ALL_STAGES}; --vae-impls: pack, comfy, diffusers")
     return args
 
 
@@ -423,18 +465,210 @@ def bench_vae(args, device, dtype, device_figures, seconds) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------------- tasks
+TASK_TAGS = "synth pop, dreamy, female vocals, electric piano"
+TASK_LYRICS = "[verse]\nSilver rain upon the window\nNeon hums a quiet tune\n[chorus]\nHold the night, hold the night"
+TASK_SEED, TURBO_SHIFT, BASE_CFG = 42, 3.0, 7.0  # the workflows' seed and turbo shift, the stem nodes' default cfg
+
+
+def pack_module(name: str):
+    from pack_inprocess import PACKAGE
+
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+def task_objects(args, device, dtype):
+    """(MODEL, CLIP) as the pack's 1.5 loaders build them (`v15_loading`'s operations and attention, the DiT in
+    `model_patcher`, the text encoder in `AceStep15Clip` with the real tokenizer), random weights at the real configs
+    (TINY's for the tiny preset), ComfyUI and the pack imported in this process."""
+    from comfy_inprocess import import_comfy
+
+    import_comfy(cpu=device.type != "cuda")
+    from pack_inprocess import import_pack
+
+    import_pack()
+    from fixtures.v15_text_models import bundled_tokenizer_dir
+
+    loading, models = pack_module("comfy_bridge.v15_loading"), pack_module("comfy_bridge.v15_models")
+    config = TINY["model"] if args.dit == "tiny" else AceStep15Config.full_size(args.dit)
+    if args.dit_layers:
+        config = dataclasses.replace(config, decoder=dataclasses.replace(config.decoder, num_layers=args.dit_layers,
+                                                                         layer_types=None))
+    _, dit_ops, dit_attention, _ = loading._dit_options("default")
+    _, text_ops, text_attention = loading._text_options()
+    dit = built(models.ComfyCallableAceStep15, config, device, dtype, operations=dit_ops["dit"],
+                attention=dit_attention["dit"])
+    head = torch.randn(1, config.decoder.latent_channels, 8, generator=torch.Generator().manual_seed(5))
+    model = models.model_patcher(dit, None, pack_module("comfy_bridge.v15_silence").SilenceLatent("random", head=head))
+    # The base-only nodes check the variant the file name says; the turbo tasks take the schedule from a widget.
+    model.model.variant_guess = pack_module("ace_step.loading.v15_layout").VariantGuess(
+        "base", name="acestep_v1.5_base (random weights)")
+    text_config = TINY["text"] if args.dit == "tiny" else Qwen3Config.full_size("embedding-0.6B")
+    text_encoder = built(pack_module("ace_step.models.v15.qwen3").Qwen3Model, text_config, device, dtype, seed=6,
+                         operations=text_ops["text_encoder"], attention=text_attention["text_encoder"])
+    tokenizer = pack_module("ace_step.text.qwen_tokenizer").load_qwen3_tokenizer([bundled_tokenizer_dir()],
+                                                                                 audio_codes=False)
+    return model, pack_module("comfy_bridge.v15_clip").AceStep15Clip(text_encoder, tokenizer)
+
+
+def task_callables(model, clip, positive, steps: int) -> dict:
+    """{(schedule, task): fn(song latent) -> output latent}: ComfyUI's KSampler for text2music (the 1.5 workflows'
+    graph: ModelSamplingAuraFlow, ConditioningZeroOut negative, an empty latent as long as the song), the pack's
+    task nodes' `execute` for the rest, each with its defaults but the range and the schedule."""
+    import nodes
+    from comfy_extras.nodes_model_advanced import ModelSamplingAuraFlow
+
+    editing, stems = pack_module("nodes.v15_editing"), pack_module("nodes.v15_stems")
+    sampled = ModelSamplingAuraFlow().patch_aura(model, TURBO_SHIFT)[0]
+    negative = nodes.ConditioningZeroOut().zero_out(positive)[0]
+    common = dict(model=model, clip=clip, positive=positive, seed=TASK_SEED)
+    turbo = dict(model_variant="turbo", steps=8, shift=TURBO_SHIFT, cfg=1.0)
+    base = dict(steps=steps, shift=stems.BASE_SHIFT, cfg=BASE_CFG)
+    ranged = dict(crossfade_frames=editing.REPAINT_CROSSFADE_FRAMES, injection_ratio=editing.REPAINT_INJECTION_RATIO)
+
+    def seconds(song) -> float:
+        return song["samples"].shape[-1] / FRAMES_PER_SECOND
+
+    def text2music(song, steps, cfg):
+        empty = {"samples": torch.zeros_like(song["samples"]), "type": "audio"}
+        return nodes.KSampler().sample(sampled, TASK_SEED, steps, cfg, "euler", "simple", positive, negative, empty,
+                                       denoise=1.0)[0]
+
+    def node(cls, **kw):
+        return lambda song: cls.execute(**common, source=song, **kw).result[0]
+
+    return {
+        ("turbo", "text2music"): lambda song: text2music(song, 8, 1.0),
+        ("turbo", "cover"): node(editing.Cover15, audio_cover_strength=1.0, **turbo),
+        ("turbo", "repaint"): lambda song: node(editing.Repaint15, start_seconds=seconds(song) / 3,
+                                                end_seconds=2 * seconds(song) / 3, **ranged, **turbo)(song),
+        ("turbo", "extend"): lambda song: node(editing.Extend15, left_seconds=0.0, right_seconds=seconds(song) / 2,
+                                               window_seconds=float(editing.MAX_SECONDS), crossfade_frames=0,
+                                               injection_ratio=editing.REPAINT_INJECTION_RATIO, **turbo)(song),
+        ("base", "text2music"): lambda song: text2music(song, steps, BASE_CFG),
+        ("base", "extract"): node(stems.Extract15, track="vocals", **base),
+        ("base", "lego"): node(stems.Lego15, track="drums", start_seconds=0.0, end_seconds=stems.SONG_END, **ranged,
+                               **base),
+        ("base", "complete"): node(stems.Complete15, tracks="drums, bass", **base),
+    }
+
+
+TASK_WORK = {
+    ("turbo", "text2music"): "KSampler (euler, simple), ConditioningZeroOut negative",
+    ("turbo", "cover"): "ACE-Step 1.5 Cover, strength 1",
+    ("turbo", "repaint"): "ACE-Step 1.5 Repaint of the middle third, crossfade 10",
+    ("turbo", "extend"): "ACE-Step 1.5 Extend +50 % on the right",
+    ("base", "text2music"): "KSampler (euler, simple), ConditioningZeroOut negative",
+    ("base", "extract"): "ACE-Step 1.5 Extract Stem, vocals",
+    ("base", "lego"): "ACE-Step 1.5 Lego, drums over the whole song",
+    ("base", "complete"): "ACE-Step 1.5 Complete, drums + bass",
+}
+
+
+def bench_tasks(args, device, dtype, device_figures, seconds) -> list[dict]:
+    model, clip = task_objects(args, device, dtype)
+    decoder = model.model.diffusion_model.decoder
+    layers = decoder.config.num_layers
+    name = "tiny" if args.dit == "tiny" else f"{args.dit} ({layers} layers)"
+    calls = []  # (rows, frames, memory tokens) of every DiT forward of the run being timed
+    hook = decoder.register_forward_pre_hook(
+        lambda module, a: calls.append((a[0].shape[0], a[0].shape[1], a[3][0][0].shape[2])))
+    g = torch.Generator().manual_seed(3)
+    out = []
+    try:
+        with torch.inference_mode():
+            for s in seconds:
+                frames = round(FRAMES_PER_SECOND * s)
+                song = {"samples": torch.randn(1, CHANNELS_15, frames, generator=g), "type": "audio"}
+                # The Text Encode node takes 10-600 s (the tiny preset's 0.4 s song says 10 s in its metas).
+                tokens = clip.tokenize(TASK_TAGS, lyrics=TASK_LYRICS, bpm=120, duration=float(max(s, 10)),
+                                       timesignature="4",
+                                       language="en", keyscale="F# minor", generate_audio_codes=False)
+                positive = []
+
+                def encode():
+                    positive[:] = clip.encode_from_tokens_scheduled(tokens)
+
+                encode_times = alternate({"encode": lambda: timed(encode, device)}, args.task_repeats)["encode"]
+                out.append(row("Task", "text encode", "ACE-Step 1.5 Text Encode (caption + lyrics, no LM): once per "
+                                                      "song, in no task row", s, statistics.median(encode_times),
+                               times=encode_times, schedule=None, x_text2music=None, forwards=0, dit_rows=0))
+                tasks = task_callables(model, clip, positive, args.task_steps)
+                results = {}
+
+                def timed_task(key, latent, keep=True):
+                    def run():
+                        calls.clear()
+                        result = []
+                        elapsed = timed(lambda: result.append(tasks[key](latent)["samples"]), device)
+                        if keep:
+                            results[key] = (list(calls), result[0].shape[-1], bool(torch.isfinite(result[0]).all()))
+                        return elapsed
+                    return run
+
+                short = {"samples": song["samples"][..., :min(frames, 2 * FRAMES_PER_SECOND)], "type": "audio"}
+                warm = {k: timed_task(k, short, keep=False) for k in (("turbo", "text2music"), ("turbo", "repaint"))}
+                times = alternate({k: timed_task(k, song) for k in tasks}, args.task_repeats,
+                                  warm if args.short_warmup else None)
+                baseline = {}
+                for key in tasks:
+                    schedule, task = key
+                    forwards, out_frames, finite = results[key]
+                    floor_s = sum(dit_flops(decoder, rows, math.ceil(f / decoder.config.patch_size), memory)[k]
+                                  for rows, f, memory in forwards for k in ("matmul", "attention"))
+                    floor_s /= device_figures["peak"]
+                    steps = 8 if schedule == "turbo" else args.task_steps
+                    cfg = 1.0 if schedule == "turbo" else BASE_CFG
+                    audio_s = out_frames / FRAMES_PER_SECOND
+                    r = row("Task", task, f"{name} {schedule} {steps} steps, cfg {cfg:g}: {TASK_WORK[key]}; "
+                                          f"{s:g} s source", audio_s, statistics.median(times[key]), floor_s,
+                            schedule=schedule, steps=steps, cfg=cfg, forwards=len(forwards),
+                            dit_rows=sum(f[0] for f in forwards), forward_shapes=forwards, source_s=s,
+                            finite=finite, times=times[key], layers=layers)
+                    baseline.setdefault(schedule, r["s_per_audio_s"])
+                    r["x_text2music"] = r["s_per_audio_s"] / baseline[schedule]
+                    out.append(r)
+    finally:
+        hook.remove()
+    del model, clip, decoder
+    free(device)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- main
 def fmt(value, spec) -> str:
     return "" if value is None else format(value, spec)
 
 
-def print_table(rows: list[dict]) -> None:
-    print("| stage | impl | work | audio s | median s | s / audio s | vs ref | floor s / audio s | of floor |")
-    print("|---|---|---|---|---|---|---|---|---|")
+def print_table(rows: list[dict], args=None) -> None:
+    tasks = [r for r in rows if r["stage"] == "Task"]
+    rows = [r for r in rows if r["stage"] != "Task"]
+    if rows:
+        print("| stage | impl | work | audio s | median s | s / audio s | vs ref | floor s / audio s | of floor |")
+        print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['stage']} | {r['impl']} | {r['work']} | {r['audio_s']:g} | {r['median_s']:.3f} | "
               f"{r['s_per_audio_s']:.3f} | {fmt(r['vs_ref'], '.2f') + ('×' if r['vs_ref'] else '')} | "
               f"{fmt(r['floor_s_per_audio_s'], '.3f')} | {fmt(r['of_floor'], '.0%')} |", flush=True)
+    if tasks:
+        print_task_table(tasks, args)
+
+
+def print_task_table(rows: list[dict], args) -> None:
+    """The tasks stage: its sizes first, then one row per task ("audio s" = seconds of output)."""
+    sources = ", ".join(f"{s:g}" for s in args.task_seconds)
+    warm = "a short warm-up (2 s text2music and repaint)" if args.short_warmup else "a warm-up run of each"
+    print(f"\nTasks: {sources} s source latents; turbo 8 steps cfg 1; base {args.task_steps} steps cfg {BASE_CFG:g}; "
+          f"median of {args.task_repeats} run{'s' * (args.task_repeats > 1)} after {warm}; VAE not included")
+    print("| stage | task | schedule | work | audio s | median s | s / audio s | × text2music | DiT forwards "
+          "(rows) | floor s / audio s | of floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['stage']} | {r['impl']} | {r['schedule'] or ''} | {r['work']} | {r['audio_s']:g} | "
+              f"{r['median_s']:.3f} | {r['s_per_audio_s']:.3f} | "
+              f"{fmt(r['x_text2music'], '.2f') + ('×' if r['x_text2music'] else '')} | "
+              f"{r['forwards']} ({r['dit_rows']}) | {fmt(r['floor_s_per_audio_s'], '.3f')} | "
+              f"{fmt(r['of_floor'], '.0%')} |", flush=True)
 
 
 def main(argv=None) -> int:
@@ -465,10 +699,12 @@ def main(argv=None) -> int:
             rows += bench_lm(args, device, dtype, device_figures)
         elif stage == "dit":
             rows += bench_dit(args, device, dtype, device_figures, args.seconds)
-        else:
+        elif stage == "tasks":
+            rows += bench_tasks(args, device, dtype, device_figures, args.task_seconds)
+        elif stage == "vae":
             rows += bench_vae(args, device, dtype, device_figures, args.seconds)
         print(f"  {stage}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    print_table(rows)
+    print_table(rows, args)
     result = {"machine": machine, "args": vars(args), "columns": list(COLUMNS), "rows": rows,
               "wall_s": time.perf_counter() - start}
     if cuda:
