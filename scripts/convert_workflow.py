@@ -3,7 +3,10 @@ and prints what changed. Needs no ComfyUI.
 
     python scripts/convert_workflow.py IN.json [OUT.json]   # OUT defaults to IN_acestudio.json beside IN
 
-Exits 1 and writes nothing when there is nothing to convert.
+Exit status: 0 converted and written; 1 nothing to convert (no native ACE-Step nodes); 2 not a workflow (or not
+readable); 3 ACE-Step nodes that cannot be converted (a native ACE-Step node the pack has no equivalent for, v1 and
+1.5 nodes in one workflow, an ACE-Step 1.5 loader whose file the pack cannot load or whose text encoder and LM cannot
+be told apart), each reason printed. Only 0 writes a file.
 """
 import argparse
 import json
@@ -40,6 +43,11 @@ def main() -> int:
     except (OSError, ValueError) as e:
         print(f"{opts.input}: {e}", file=sys.stderr)
         return 2
+    except workflow_converter.ConversionError as e:
+        print(f"{opts.input}: cannot convert, nothing written:", file=sys.stderr)
+        for reason in e.reasons:
+            print(f"  {reason}", file=sys.stderr)
+        return 3
     print(f"{opts.input}: {result.format.upper()} format, {len(result.changes)} change(s)")
     for line in result.changes:
         print(f"  {line}")

@@ -156,14 +156,15 @@ def widget_inputs(info_node: dict) -> list[tuple[str, dict]]:
     return widgets
 
 
-def assert_loads(workflow: dict, info: dict):
+def assert_loads(workflow: dict, info: dict, skip=()):
     """What the frontend needs to rebuild each node: a known type and one saved value per widget (plus the seed's
-    control value); upload widgets keep extra UI values."""
+    control value); upload widgets keep extra UI values. `skip`: node types to leave out (API nodes the test server
+    does not load)."""
     graphs = [workflow] + workflow.get("definitions", {}).get("subgraphs", [])
     subgraph_ids = {g["id"] for g in graphs[1:]}
     for graph in graphs:
         for node in graph["nodes"]:
-            if node["type"] in FRONTEND_ONLY or node["type"] in subgraph_ids:
+            if node["type"] in FRONTEND_ONLY or node["type"] in subgraph_ids or node["type"] in skip:
                 continue
             assert node["type"] in info, f"#{node['id']}: unknown node type {node['type']}"
             widgets = widget_inputs(info[node["type"]])
@@ -196,8 +197,13 @@ def test_tables_match_the_servers_nodes(comfy_server):
         inputs = {**info[pack]["input"]["required"], **info[pack]["input"].get("optional", {})}
         defaults = [(name, opts.get("default", "" if inputs[name][0] == "STRING" else None))
                     for name, opts in widget_inputs(info[pack])]
-        assert defaults == list(widgets), pack
-    for native, pack in wc.RENAMED.items():
+        assert defaults == [(name, default) for name, default in widgets if name != wc.CONTROL], pack
+        controls = [name for name, opts in widget_inputs(info[pack]) if opts.get("control_after_generate")]
+        names = [name for name, _ in widgets]
+        assert ([names[names.index(wc.CONTROL) - 1]] if wc.CONTROL in names else []) == controls, pack
+    for native, pack in [*wc.RENAMED.items(), *wc.RENAMED_15.items()]:
+        if native in wc.NEWER_NATIVE:
+            continue
         assert sockets(pack) == sockets(native) and info[pack]["output"] == info[native]["output"], native
     batch = dict(widget_inputs(info["AceStudioEmptyLatentAudio"]))["batch_size"]
     assert batch["max"] == wc.MAX_BATCH_SIZE
@@ -238,15 +244,14 @@ def test_mixed_and_partial_workflows_warn_and_keep_what_cannot_move():
         "81": {"class_type": "VAEDecodeAudio", "inputs": {"samples": ["52", 0], "vae": ["80", 2]}},
         "82": {"class_type": "LatentApplyOperationCFG", "inputs": {"model": ["80", 0], "operation": ["50", 0]}},
         "83": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "ace-step-v1.ckpt"}},
-        "84": {"class_type": "EmptyAceStep1.5LatentAudio", "inputs": {"seconds": 10.0}},
     })
     result = wc.convert_workflow(prompt)
     out = result.workflow
-    assert {k: out[k]["class_type"] for k in ("40", "14", "17", "18", "49", "50", "80", "81", "82", "83", "84")} == {
+    assert {k: out[k]["class_type"] for k in ("40", "14", "17", "18", "49", "50", "80", "81", "82", "83")} == {
         "40": "AceStudioCheckpointLoader", "14": "AceStudioTextEncode", "17": "AceStudioEmptyLatentAudio",
         "18": "AceStudioLatentToAudio", "49": "LatentApplyOperationCFG", "50": "LatentOperationTonemapReinhard",
         "80": "CheckpointLoaderSimple", "81": "VAEDecodeAudio", "82": "LatentApplyOperationCFG",
-        "83": "CheckpointLoaderSimple", "84": "EmptyAceStep1.5LatentAudio"}
+        "83": "CheckpointLoaderSimple"}
     assert out["40"]["_meta"]["title"] == "My ACE loader", "a title the user chose stays"
     assert out["14"]["_meta"]["title"] == "AceStudioTextEncode"
     assert out["17"]["inputs"]["batch_size"] == wc.MAX_BATCH_SIZE
@@ -258,7 +263,6 @@ def test_mixed_and_partial_workflows_warn_and_keep_what_cannot_move():
         "#50 LatentOperationTonemapReinhard left as is with #49 LatentApplyOperationCFG: it also feeds other nodes",
         "#50 LatentOperationTonemapReinhard left as is with #82 LatentApplyOperationCFG: it also feeds other nodes",
         "#81 VAEDecodeAudio left as is: its VAE does not come from a converted ACE-Step checkpoint loader",
-        "#84 EmptyAceStep1.5LatentAudio left as is: the pack has no equivalent",
     ])
 
 
@@ -391,8 +395,10 @@ def test_subgraphed_template_keeps_promoted_and_linked_widgets():
 
 def ui_to_api(workflow: dict, info: dict) -> dict:
     """What the frontend queues for a one-level UI workflow: widget values by the server's widget order (the seed's
-    control value skipped), linked inputs as [origin id, slot]; notes and bypassed nodes left out."""
+    control value skipped), linked inputs as [origin id, slot], a PrimitiveNode's value in place of its link; notes
+    and bypassed nodes left out."""
     links = link_ends(workflow)
+    primitives = {n["id"]: n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "PrimitiveNode"}
     prompt = {}
     for node in workflow["nodes"]:
         if node["type"] in FRONTEND_ONLY or node.get("mode", 0) != 0:
@@ -404,7 +410,8 @@ def ui_to_api(workflow: dict, info: dict) -> dict:
                 next(values)
         for entry in node.get("inputs", []):
             if entry.get("link") is not None:
-                inputs[entry["name"]] = [str(links[entry["link"]][0]), links[entry["link"]][1]]
+                origin, slot = links[entry["link"]][:2]
+                inputs[entry["name"]] = primitives[origin] if origin in primitives else [str(origin), slot]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 
