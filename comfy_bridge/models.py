@@ -20,12 +20,13 @@ import comfy.utils
 import torch
 
 from ..ace_step.loading.v1_checkpoint import load_ace_step
-from ..ace_step.models.v1.latent import CHANNELS, HEIGHT, SAMPLE_RATE, SAMPLES_PER_FRAME, seconds_for_frames
+from ..ace_step.models.v1.latent import SAMPLE_RATE, SAMPLES_PER_FRAME, seconds_for_frames
 from ..ace_step.models.v1.transformer import ACEStepTransformer
 from ..ace_step.models.v1.umt5 import encode_token_weights, is_weighted
 from ..ace_step.sampling.condition_cache import ConditionCache
 from ..ace_step.text.lyrics import TRAINED_LYRIC_TOKENS, LyricReport, LyricTokenizer
 from .audio_input import float_waveform, to_stereo
+from .v1_family import check_latent as check_v1_latent
 from .memory import require_memory
 from .paths import comfyui_root
 from .operations import (
@@ -182,14 +183,9 @@ class AceStepClip:
 
 
 def check_song_latent(latent):
-    """Refuses what is not an ACE-Step song latent [batch, 8, 16, frames] (an image latent, another audio model's),
-    before it reaches a layer whose shape error would say nothing useful."""
-    shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else None
-    if shape is None or len(shape) != 4 or shape[1:3] != (CHANNELS, HEIGHT) or 0 in shape:
-        raise ValueError(f"this LATENT ({'shape ' + str(list(shape)) if shape is not None else type(latent).__name__})"
-                         f" is not an ACE-Step song latent [batch, {CHANNELS}, {HEIGHT}, frames]: it "
-                         "comes from an image or another audio model, or is empty; connect an ACE-Step latent (Empty "
-                         "ACE-Step Latent Audio, Audio to ACE-Step Latent, or a sampler fed by them)")
+    """Refuses what is not an ACE-Step song latent [batch, 8, 16, frames] (an ACE-Step 1.5 latent, an image latent,
+    another audio model's), before it reaches a layer whose shape error would say nothing useful."""
+    check_v1_latent(latent)
 
 
 class AceStepVae:

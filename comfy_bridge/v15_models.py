@@ -32,7 +32,7 @@ import torch
 from ..ace_step.models.v15.model import AceStep15, AceStep15Config
 from .memory import require_memory
 from .v15_condition_cache import ConditionCache
-from .v15_family import CHANNELS, check_latent, seconds_for_frames
+from .v15_family import CHANNELS, check_latent, refuse_v1_conditioning, seconds_for_frames
 from .v15_silence import SilenceLatent
 
 INFERENCE_DTYPES = [torch.bfloat16, torch.float32]
@@ -188,6 +188,8 @@ class AceStep15Model(_HOST_BASE):
             if lyrics is None:
                 raise ValueError("this conditioning has caption states but no lyric embeddings: it was not made by "
                                  "an ACE-Step 1.5 text encoder; use ACE-Step 1.5 Text Encode")
+            # Core KSampler has no input check of its own: v1 lyric token ids would reach the DiT's lyric encoder.
+            refuse_v1_conditioning([[cross_attn, kwargs]])
             out["lyric_embed"] = comfy.conds.CONDRegular(lyrics)
         references = kwargs.get("reference_audio_timbre_latents")
         if references:

@@ -30,7 +30,7 @@ from ..ace_step.sampling.v15_sampling import RepaintMerge, sample_task
 from ..ace_step.sampling.v15_tasks import TaskPlan
 from ..ace_step.text.v15_prompts import CAPTION_MAX_TOKENS, dit_caption_prompt, text_encoder_ids
 from .v15_clip import METADATA_KEY
-from .v15_family import CHANNELS, check_latent, wrong_object
+from .v15_family import CHANNELS, check_latent, refuse_v1_conditioning, wrong_object
 from .v15_models import AceStep15Model, ComfyCallableAceStep15, require_dit_memory
 
 REFERENCE_KEY = "reference_audio_timbre_latents"
@@ -61,13 +61,14 @@ def _entry(positive) -> tuple[torch.Tensor, dict]:
 
 
 def task_metadata(positive):
+    refuse_v1_conditioning(positive, "positive CONDITIONING")
     cond, extra = _entry(positive)
     metadata = extra.get(METADATA_KEY)
     if metadata is None:
-        kind = "an ACE-Step v1 conditioning" if cond.ndim == 3 and "conditioning_lyrics" not in extra \
-            else "a conditioning without ACE-Step 1.5 metadata (core TextEncodeAceStepAudio1.5 or another node)"
-        raise ValueError(f"the positive input is {kind}: the 1.5 task nodes re-encode the caption with the task's "
-                         "instruction and need the metadata ACE-Step 1.5 Text Encode stores; connect its output")
+        raise ValueError("the positive input is a conditioning without ACE-Step 1.5 metadata (core "
+                         "TextEncodeAceStepAudio1.5 or another node): the 1.5 task nodes re-encode the caption with "
+                         "the task's instruction and need the metadata ACE-Step 1.5 Text Encode stores; connect its "
+                         "output")
     return metadata
 
 

@@ -14,6 +14,7 @@ from ..ace_step.sampling import editing, schedules
 from ..comfy_bridge import original_sampling as orig
 from ..ace_step.models.v1.latent import CHANNELS, HEIGHT, TRAINED_SECONDS, frames_for_seconds, seconds_for_frames
 from ..comfy_bridge.models import check_song_latent
+from ..comfy_bridge.v1_family import check_latent, require_conditioning, require_model
 from .common import CATEGORY, choice, display_name, finite, node_id
 from .latent import MAX_SECONDS
 from .sampling_inputs import (
@@ -37,6 +38,16 @@ def _common_inputs(source_tooltip: str) -> list:
         io.Conditioning.Input("positive", tooltip="Tags and lyrics from the ACE-Step Tags + Lyrics node."),
         io.Latent.Input("source", tooltip=source_tooltip),
     ]
+
+
+def _check_family(use_15: str, model, positives=(), latent=None, what: str = "the source latent"):
+    """Refuses ACE-Step 1.5 inputs (and latents of no ACE-Step shape) before any work, naming `use_15`, the 1.5 node
+    that does this node's job."""
+    require_model(model, use_15)
+    for name, conditioning in positives:
+        require_conditioning(conditioning, use_15, f"{name} CONDITIONING")
+    if latent is not None:
+        check_latent(latent["samples"], what, use_15)
 
 
 def _sampling_inputs(*names: str) -> list:
@@ -117,6 +128,8 @@ class Retake(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, seeds, duration, steps, retake_seeds, retake_variance, scheduler, omega_scale,
                 use_erg_tag, use_erg_lyric, oss_steps, latent=None, **guidance) -> io.NodeOutput:
+        _check_family("ACE-Step 1.5 Retake Noise with SamplerCustomAdvanced", model, [("positive", positive)], latent,
+                      "the latent")
         finite("retake_variance", retake_variance)
         seeds, frames = seeds_and_frames(seeds, duration, latent)
         retake = orig.seeds_for_batch(orig.parse_seeds(retake_seeds) or orig.random_seeds(len(seeds)), len(seeds))
@@ -190,6 +203,7 @@ class Repaint(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, source, start_seconds, end_seconds, variance, seeds, retake_seeds, steps,
                 use_erg_tag, use_erg_lyric, **guidance) -> io.NodeOutput:
+        _check_family("ACE-Step 1.5 Repaint", model, [("positive", positive)], source)
         finite("variance", variance)
         src, seeds, retake = _batch(source["samples"], seeds, retake_seeds)
         frames = src.shape[-1]
@@ -240,6 +254,7 @@ class Extend(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, source, left_seconds, right_seconds, window_seconds, seeds, retake_seeds,
                 steps, use_erg_tag, use_erg_lyric, **guidance) -> io.NodeOutput:
+        _check_family("ACE-Step 1.5 Extend", model, [("positive", positive)], source)
         for name, value in (("left_seconds", left_seconds), ("right_seconds", right_seconds),
                             ("window_seconds", window_seconds)):
             if finite(name, value) < 0:
@@ -322,6 +337,8 @@ class LyricEdit(io.ComfyNode):
     @classmethod
     def execute(cls, model, source, source_positive, target_positive, preset, n_min, n_max, n_avg, seeds, steps,
                 guidance_scale) -> io.NodeOutput:
+        _check_family("ACE-Step 1.5 Cover or Repaint with the new lyrics", model,
+                      [("source_positive", source_positive), ("target_positive", target_positive)], source)
         src, seeds, _ = _batch(source["samples"], seeds)
         n_min, n_max = edit_range(preset, n_min, n_max, steps)
         schedule = schedules.flow_schedule(steps, "euler", shift=orig.model_shift(model))
@@ -389,6 +406,7 @@ class Audio2Audio(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, reference, ref_audio_strength, seeds, steps, scheduler, omega_scale,
                 use_erg_tag, use_erg_lyric, **guidance) -> io.NodeOutput:
+        _check_family("ACE-Step 1.5 Cover", model, [("positive", positive)], reference, "the reference latent")
         finite("ref_audio_strength", ref_audio_strength)
         ref, seeds, _ = _batch(reference["samples"], seeds)
         levels = schedules.flow_schedule(steps, "euler", shift=orig.model_shift(model)).sigmas

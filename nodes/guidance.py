@@ -2,6 +2,7 @@
 from comfy_api.latest import io
 
 from ..ace_step.sampling.guidance import reinhard_tonemap
+from ..comfy_bridge.v1_family import require_model
 from .common import CATEGORY, display_name, finite, node_id
 
 
@@ -25,6 +26,8 @@ class TonemapReinhard(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, multiplier) -> io.NodeOutput:
+        # Its tonemap would run on a 1.5 MODEL too, but this node is tuned and documented for v1's guidance.
+        require_model(model, "core LatentApplyOperationCFG with LatentOperationTonemapReinhard")
         finite("multiplier", multiplier)
 
         def pre_cfg(args):

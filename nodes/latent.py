@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..ace_step.models.v1.latent import CHANNELS, HEIGHT, SAMPLE_RATE, frames_for_seconds
 from ..comfy_bridge.audio_input import audio_parts
 from ..comfy_bridge.memory import require_memory
+from ..comfy_bridge.v1_family import check_latent, require_vae
 from .common import CATEGORY, display_name, node_id
 
 MAX_SECONDS = 1000.0  # the longest song a node accepts
@@ -66,6 +67,7 @@ class AudioToLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, vae) -> io.NodeOutput:
+        require_vae(vae, "Audio to ACE-Step 1.5 Latent")
         waveform, rate = audio_parts(audio)
         return io.NodeOutput({"samples": vae.encode_audio(waveform, rate), "type": "audio"})
 
@@ -96,6 +98,8 @@ class LatentToAudio(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples, vae, normalize=True) -> io.NodeOutput:
+        check_latent(samples["samples"], "the latent to decode", "ACE-Step 1.5 Latent to Audio")
+        require_vae(vae, "ACE-Step 1.5 Latent to Audio")
         audio = vae.decode_audio(samples["samples"])
         if normalize:
             audio = normalise_loudness(audio)

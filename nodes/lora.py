@@ -17,7 +17,7 @@ from comfy_api.latest import io
 from ..ace_step.loading.lora import Lora, LoraScaling, parse_lora, read_lora_file
 from .common import CATEGORY, choice, display_name, node_id
 from ..comfy_bridge.paths import model_file
-from ..comfy_bridge.v15_models import AceStep15Model
+from ..comfy_bridge.v1_family import require_model
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,7 @@ class LoraLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, lora_name, strength, alpha, rank_scaling) -> io.NodeOutput:
-        if isinstance(getattr(model, "model", None), AceStep15Model):
-            raise TypeError("this MODEL is ACE-Step 1.5: apply ACE-Step 1.5 LoRAs and LoKrs with the ACE-Step 1.5 "
-                            "LoRA / LoKr node; this node takes the ACE-Step v1 MODEL of Load ACE-Step Checkpoint")
+        require_model(model, "the ACE-Step 1.5 LoRA / LoKr node")
         path = str(model_file("loras", lora_name))
         rslora = RANK_SCALING[choice("rank_scaling", rank_scaling, RANK_SCALING)]
         scaling = LoraScaling(alpha=alpha or None, rslora=rslora)

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 from ..ace_step.sampling.guidance import double_guidance_active
 from ..ace_step.sampling.schedules import SCHEDULERS
 from ..comfy_bridge import original_sampling as orig
+from ..comfy_bridge.v1_family import check_latent, require_conditioning, require_model
 from .common import CATEGORY, display_name, node_id
 from .sampling_inputs import (
     OSS_TOOLTIP,
@@ -19,6 +20,9 @@ from .sampling_inputs import (
 )
 
 PARTS_CATEGORY = f"{CATEGORY}/original sampling"
+# What does each node's job for ACE-Step 1.5, named when a 1.5 input arrives.
+SAMPLE_15 = "core KSampler (text to music) or the ACE-Step 1.5 Cover / Repaint / Extend nodes"
+GUIDER_15 = "core CFGGuider with ConditioningZeroOut as the negative"
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +49,10 @@ class OriginalSampler(io.ComfyNode):
     def execute(cls, model, positive, seeds, duration, steps, scheduler, cfg_type, guidance_scale, omega_scale,
                 guidance_interval, guidance_interval_decay, min_guidance_scale, use_erg_tag, use_erg_lyric,
                 use_erg_diffusion, guidance_scale_text, guidance_scale_lyric, oss_steps, latent=None) -> io.NodeOutput:
+        require_model(model, SAMPLE_15)
+        require_conditioning(positive, SAMPLE_15)
+        if latent is not None:
+            check_latent(latent["samples"], "the latent", SAMPLE_15)
         seeds, frames = seeds_and_frames(seeds, duration, latent)
         schedule = orig.original_schedule(model, steps, scheduler, oss_steps)
         settings = guidance_settings(cfg_type, guidance_scale, guidance_interval, guidance_interval_decay, min_guidance_scale,
@@ -74,6 +82,7 @@ class OriginalSchedule(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, steps, oss_steps) -> io.NodeOutput:
+        require_model(model, "core BasicScheduler")
         return io.NodeOutput(orig.original_schedule(model, steps, "euler", oss_steps).sigmas)
 
 
@@ -129,6 +138,9 @@ class OriginalGuider(io.ComfyNode):
     def execute(cls, model, positive, negative, cfg_type, guidance_scale, guidance_interval, guidance_interval_decay,
                 min_guidance_scale, use_erg_diffusion, guidance_scale_text, guidance_scale_lyric,
                 text_only=None) -> io.NodeOutput:
+        require_model(model, GUIDER_15)
+        for name, conditioning in (("positive", positive), ("negative", negative), ("text_only", text_only)):
+            require_conditioning(conditioning, GUIDER_15, f"{name} CONDITIONING")
         settings = guidance_settings(cfg_type, guidance_scale, guidance_interval, guidance_interval_decay, min_guidance_scale,
                              use_erg_diffusion, guidance_scale_text, guidance_scale_lyric)
         if double_guidance_active(settings.scale_text, settings.scale_lyric) and text_only is None:
@@ -185,6 +197,7 @@ class ErgNegative(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, use_erg_tag, use_erg_lyric) -> io.NodeOutput:
+        require_conditioning(positive, "core ConditioningZeroOut for the negative")
         return io.NodeOutput(orig.null_conditioning(positive, use_erg_tag, use_erg_lyric))
 
 
@@ -207,6 +220,7 @@ class TextOnlyConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, use_erg_lyric) -> io.NodeOutput:
+        require_conditioning(positive, GUIDER_15 + " (ACE-Step 1.5 has no double guidance)")
         return io.NodeOutput(orig.text_only_conditioning(positive, use_erg_lyric))
 
 

@@ -4,6 +4,7 @@ from comfy_api.latest import io, ui
 
 from ..ace_step.text.lyrics import TRAINED_LYRIC_TOKENS
 from ..comfy_bridge.models import AceStepClip
+from ..comfy_bridge.v1_family import require_clip
 from .common import CATEGORY, display_name, finite, node_id
 from ..comfy_bridge.original_sampling import ERG_TEXT_KEY, erg_tag_hidden
 
@@ -37,6 +38,7 @@ class TextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, tags, lyrics, lyrics_strength) -> io.NodeOutput:
+        require_clip(clip, "ACE-Step 1.5 Text Encode")
         finite("lyrics_strength", lyrics_strength)
         ours = isinstance(clip, AceStepClip)  # another CLIP (ComfyUI's own ACE-Step one) gives no report
         tokens, report = clip.tokenize_with_report(tags, lyrics) if ours else (clip.tokenize(tags, lyrics=lyrics), None)

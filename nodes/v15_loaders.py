@@ -97,9 +97,9 @@ class DiffusionModelLoader15(io.ComfyNode):
 
     @classmethod
     def execute(cls, unet_name, weight_dtype, vae=None) -> io.NodeOutput:
+        vae = None if vae is None else require_vae(vae)  # checked first: a wrong VAE is reported before any reading
         return io.NodeOutput(load_diffusion_model(model_file("diffusion_models", unet_name),
-                                                  choice("weight_dtype", weight_dtype, WEIGHT_DTYPES),
-                                                  None if vae is None else require_vae(vae)))
+                                                  choice("weight_dtype", weight_dtype, WEIGHT_DTYPES), vae))
 
 
 class TextEncoderLoader15(io.ComfyNode):

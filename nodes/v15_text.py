@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..ace_step.text.v15_prompts import (BPM_MAX, DURATION_MAX, VALID_KEYSCALES, VALID_LANGUAGES,
                                          VALID_TIME_SIGNATURES, cot_yaml)
 from ..comfy_bridge.v15_clip import AUTO, METADATA_KEY
-from ..comfy_bridge.v15_family import check_latent
+from ..comfy_bridge.v15_family import check_latent, refuse_v1_conditioning
 from .common import choice, display_name, finite, node_id
 from .v15_common import CATEGORY, require_clip
 
@@ -116,6 +116,7 @@ class ReferenceTimbre15(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, latent) -> io.NodeOutput:
+        refuse_v1_conditioning(conditioning)
         samples = check_latent(latent["samples"] if isinstance(latent, dict) else latent, "the reference latent")
         return io.NodeOutput(node_helpers.conditioning_set_values(conditioning, {REFERENCE_KEY: [samples]},
                                                                   append=True))
