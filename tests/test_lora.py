@@ -320,7 +320,9 @@ def test_stacked_loras_add_and_strengths_scale_linearly(comfy, base_state, input
         assert (delta - strength * unit_delta).abs().max() <= 1e-6 * abs(strength) * unit_delta.abs().max()
         ours = _transformer()
         merge_lora(ours, b, strength)
-        assert max_rel_error(_run(ours, inputs), theirs) <= 1e-6, strength
+        # Both sides add the same float32 delta to the weights in a different order; at |strength| 10 the delta is
+        # ten times the weights, so rounding grows with it (1.6-1.8e-6 seen on 1-2 threads at -10).
+        assert max_rel_error(_run(ours, inputs), theirs) <= 1e-6 * max(1.0, abs(strength) / 4), strength
 
 
 def test_removing_restores_the_base(comfy, base_state, inputs, loras):
