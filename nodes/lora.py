@@ -47,14 +47,19 @@ def lora_patches(lora: Lora) -> dict:
             for name, w in lora.weights.items()}
 
 
-def add_lora(model: comfy.model_patcher.ModelPatcher, lora: Lora, strength: float):
-    """A clone of `model` with the LoRA's patches at `strength` on top of any it already has."""
+def patched_clone(model: comfy.model_patcher.ModelPatcher, patches: dict, strength: float):
+    """A clone of `model` with `patches` (ComfyUI weight adapters by parameter key) at `strength` on top of any it
+    already has; a key the MODEL lacks is refused (ComfyUI's add_patches skips it silently)."""
     patched = model.clone()
-    patches = lora_patches(lora)
     added = set(patched.add_patches(patches, strength))
     if added != set(patches):
         raise KeyError(f"the MODEL has no weights {sorted(set(patches) - added)[:5]}")
     return patched
+
+
+def add_lora(model: comfy.model_patcher.ModelPatcher, lora: Lora, strength: float):
+    """A clone of `model` with the LoRA's patches at `strength` on top of any it already has."""
+    return patched_clone(model, lora_patches(lora), strength)
 
 
 class LoraLoader(io.ComfyNode):

@@ -19,7 +19,7 @@ from ..comfy_bridge.paths import model_file
 from ..comfy_bridge.v15_family import is_v1
 from ..comfy_bridge.v15_models import AceStep15Model, ComfyCallableAceStep15
 from .common import choice, display_name, finite, node_id
-from .lora import RANK_SCALING, lora_choices, read_cached
+from .lora import RANK_SCALING, lora_choices, patched_clone, read_cached
 from .v15_common import CATEGORY
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,7 @@ def adapter_patches(adapter: Adapter) -> dict:
 
 def add_adapter(model: comfy.model_patcher.ModelPatcher, adapter: Adapter, strength: float):
     """A clone of `model` with the adapter's patches at `strength` on top of any it already has."""
-    patched = model.clone()
-    patches = adapter_patches(adapter)
-    added = set(patched.add_patches(patches, strength))
-    if added != set(patches):
-        raise KeyError(f"the MODEL has no weights {sorted(set(patches) - added)[:5]}")
-    return patched
+    return patched_clone(model, adapter_patches(adapter), strength)
 
 
 class LoraLoader15(io.ComfyNode):
