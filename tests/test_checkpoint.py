@@ -195,6 +195,23 @@ def test_round_trip_all_in_one_vs_folder(tiny, loaded):
     report("tiny round trip all-in-one vs folder max abs diff", 0.0, networks="tokenizer, umt5, transformer, vae")
 
 
+def test_tensors_read_do_not_keep_the_file_mapped(tmp_path):
+    """`read` returns copies: a view of the file map would keep the whole file mapped (and resident) as long as any
+    loaded weight lives. The header is padded so that the tensors lie 64-byte aligned, where a view is usable."""
+    path = tmp_path / "aligned.safetensors"
+    tensors = {f"w{i}": torch.full((4, 16), float(i)) for i in range(8)}
+    for pad in range(64):
+        save_safetensors(path, tensors, {"pad": "x" * pad})
+        with SafetensorsFile(path) as f:
+            if f.data_start % 64 == 0:
+                break
+    assert SafetensorsFile(path).data_start % 64 == 0
+    with SafetensorsFile(path) as f:
+        read = {k: f.read(k) for k in f.keys()}
+    assert all(torch.equal(read[k], tensors[k]) for k in tensors)
+    assert [line for line in Path("/proc/self/maps").read_text().splitlines() if str(path) in line] == []
+
+
 def test_bf16_load_and_write(tmp_path, tiny, loaded):
     bf = load_ace_step(tiny["file"], dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in bf.transformer.parameters())
