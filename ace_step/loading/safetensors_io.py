@@ -8,6 +8,8 @@ What it does not do, and this layer adds:
 - refuse headers that name a tensor twice (its JSON reader keeps the last one silently);
 - say "truncated, download again" for the most common damage, and translate its other errors into
   `CorruptCheckpointError` / `UnsupportedCheckpointError` naming the file.
+- return every tensor as a copy and map the file afresh every `REMAP_BYTES` read: the library's tensors are views
+  of one map of the whole file, which stays resident (every page read through it) while any view or the handle lives.
 `save_safetensors` writes with `safetensors.torch.save_file` next to the destination, then renames, so a crash never
 leaves half a file. The library orders tensors deterministically but writes the metadata in hash order; the header is
 rewritten in place with the metadata sorted (the same bytes permuted), so equal inputs give equal files.
