@@ -5,6 +5,7 @@
     .venv/bin/python scripts/benchmark.py --preset cpu-full --load-only  # whether each side's load fits the RAM
     .venv/bin/python scripts/benchmark.py --preset gpu            # full-size 3.5B, bf16, on CUDA
     .venv/bin/python scripts/benchmark.py --preset gpu --lowvram  # the same under ComfyUI's --lowvram
+    .venv/bin/python scripts/benchmark.py --preset cpu --baseline 72125b1  # + the pack at an older revision
 
 Both sides run the same steps through ComfyUI's own Python API: load the checkpoint (native: CheckpointLoaderSimple;
 pack: AceStudioCheckpointLoader), encode tags + lyrics (TextEncodeAceStepAudio / AceStudioTextEncode, then
@@ -12,6 +13,9 @@ ConditioningZeroOut), sample with ComfyUI's euler sampler and "simple" schedule 
 guidance (APG, scale 15, momentum -0.75, inside the middle half of the steps; the conditional pass alone outside), and
 decode (VAEDecodeAudio / AceStudioLatentToAudio). Each implementation runs in its own process (so peak memory is its
 own), the two alternate (native first on even repeats, pack first on odd ones), and the table reports medians.
+`--baseline REV` adds a third side, the pack as it was at git revision REV (its tree extracted with `git archive`
+into the work folder), in the same alternation: whether the pack got slower, measured in one run, so a machine that
+runs slower than on an earlier day cannot hide or fake a regression.
 
 Identical weights: one generated checkpoint in the real all-in-one layout, random weights (its audio is noise, which
 does not change the work done), written tensor by tensor (tests/fixtures/tiny_checkpoint.py `stream_tiny_checkpoint`:
@@ -48,7 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # `ace_step`, and the in-process ComfyUI helpers of the tests
 
-IMPLEMENTATIONS = ("native", "pack")
+IMPLEMENTATIONS = ("native", "pack", "baseline")  # baseline: the pack at --baseline REV, when given
 PHASES = ("encode", "diffusion", "decode")
 SEED = 20250426
 TAGS = "synth-pop, electronic, female vocals, bright synthesizer, punchy drums, 118 bpm, uplifting"
@@ -180,12 +184,13 @@ class Native:
 
 
 class Pack:
-    """This pack's nodes, loaded the way ComfyUI loads a custom node pack."""
+    """This pack's nodes (or those of the tree at `root`), loaded the way ComfyUI loads a custom node pack."""
 
-    def __init__(self):
+    def __init__(self, root: Path = ROOT):
         from pack_inprocess import import_pack
 
-        self.nodes = import_pack().nodes
+        package = import_pack(root)
+        self.nodes, self.folder = package.nodes, str(Path(package.__file__).parent)
 
     def load(self, ckpt_name: str):
         return self.nodes.CheckpointLoader.execute(ckpt_name).args
@@ -311,12 +316,13 @@ def child(spec_path: Path) -> int:
     folder_paths.add_model_folder_path("checkpoints", spec["checkpoint_dir"], is_default=True)
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    impl = Native() if spec["impl"] == "native" else Pack()
+    impl = Native() if spec["impl"] == "native" else Pack(Path(spec["pack_root"]))
     with PhaseMeter(spec["device"]) as load:
         models = impl.load(spec["checkpoint"])
     loaded = {"seconds": load.seconds, **load.memory, **resident_mb()}
+    source = {"pack_folder": impl.folder} if isinstance(impl, Pack) else {}
     if spec["load_only"]:
-        Path(spec["result"]).write_text(json.dumps({"load": loaded, "runs": []}))
+        Path(spec["result"]).write_text(json.dumps({"load": loaded, "runs": [], **source}))
         return 0
     with torch.inference_mode():
         if spec["warmup"]:  # first-call allocations, weight transfers
@@ -329,7 +335,7 @@ def child(spec_path: Path) -> int:
             runs.append({"case": case["id"], "phases": phases, "latent": str(latent_path)})
             print(f"  {spec['impl']} {case['id']}: {sum(p['seconds'] for p in phases.values()):.1f} s",
                   file=sys.stderr, flush=True)
-    Path(spec["result"]).write_text(json.dumps({"load": loaded, "runs": runs}))
+    Path(spec["result"]).write_text(json.dumps({"load": loaded, "runs": runs, **source}))
     return 0
 
 
@@ -368,27 +374,37 @@ def median_phases(runs: list[dict]) -> dict:
 
 
 def summarise(cases: list[dict], results: dict, tolerance: float) -> list[dict]:
+    """Per case: each side's medians, and per pack side (this checkout's, and the baseline's when run) its speedups
+    over native and its largest latent difference from native's over the repeats."""
     import torch
+
+    def latent(result: dict, case_id: str):
+        return torch.load(next(r["latent"] for r in result["runs"] if r["case"] == case_id)).double()
 
     rows = []
     for case in cases:
         row = dict(case)
-        diffs = []
-        for native, pack in zip(results["native"], results["pack"]):
-            a = torch.load(next(r["latent"] for r in native["runs"] if r["case"] == case["id"]))
-            b = torch.load(next(r["latent"] for r in pack["runs"] if r["case"] == case["id"]))
-            diffs.append((a.double() - b.double()).abs().max().item())
-        row["latent_std"] = a.std().item()
-        for impl in IMPLEMENTATIONS:
+        for impl in results:
             stats = median_phases([next(r for r in res["runs"] if r["case"] == case["id"]) for res in results[impl]])
             stats["seconds_per_audio_second"] = stats["total_seconds"] / (case["seconds"] * case["batch"])
             row[impl] = stats
-        row["speedup"] = row["native"]["total_seconds"] / row["pack"]["total_seconds"]
-        row["cpu_time_speedup"] = row["native"]["total_cpu_seconds"] / row["pack"]["total_cpu_seconds"]
-        row["diffusion_speedup"] = row["native"]["diffusion"]["seconds"] / row["pack"]["diffusion"]["seconds"]
-        row["latent_max_abs_diff"] = max(diffs)
+        row["latent_std"] = latent(results["native"][0], case["id"]).std().item()
         row["latent_tolerance"] = tolerance
-        row["latent_match"] = max(diffs) <= tolerance
+        for impl in results:
+            if impl == "native":
+                continue
+            diff = max((latent(native, case["id"]) - latent(ours, case["id"])).abs().max().item()
+                       for native, ours in zip(results["native"], results[impl]))
+            prefix = "" if impl == "pack" else f"{impl}_"
+            row[prefix + "speedup"] = row["native"]["total_seconds"] / row[impl]["total_seconds"]
+            row[prefix + "cpu_time_speedup"] = row["native"]["total_cpu_seconds"] / row[impl]["total_cpu_seconds"]
+            row[prefix + "diffusion_speedup"] = row["native"]["diffusion"]["seconds"] / row[impl]["diffusion"]["seconds"]
+            row[prefix + "latent_max_abs_diff"] = diff
+            row[prefix + "latent_match"] = diff <= tolerance
+        if "baseline" in results:  # > 1: this checkout is faster than the baseline revision
+            row["pack_vs_baseline"] = {phase: row["baseline"][phase]["seconds"] / row["pack"][phase]["seconds"]
+                                       for phase in PHASES}
+            row["pack_vs_baseline"]["total"] = row["baseline"]["total_seconds"] / row["pack"]["total_seconds"]
         rows.append(row)
     return rows
 
@@ -400,22 +416,33 @@ def table(rows: list[dict]) -> str:
             "speedup", "CPU-time speedup", "diffusion speedup", "latent diff"]
     lines = [head]
     for row in rows:
-        for impl in IMPLEMENTATIONS:
+        for impl in (i for i in IMPLEMENTATIONS if i in row):
             s = row[impl]
             line = [f"{row['seconds']:g} s", str(row["steps"]), str(row["batch"]), impl, f"{s['total_seconds']:.2f}",
                     f"{s['seconds_per_audio_second']:.3f}", f"{s['encode']['seconds']:.2f}",
                     f"{s['diffusion']['seconds']:.2f}", f"{s['decode']['seconds']:.2f}", f"{s['peak_rss_mb']:.0f}"]
             if cuda:
                 line += [f"{s['cuda_max_allocated_mb']:.0f}", f"{s['cuda_max_reserved_mb']:.0f}"]
-            line += ([f"{row['speedup']:.2f}x", f"{row['cpu_time_speedup']:.2f}x", f"{row['diffusion_speedup']:.2f}x",
-                      f"{row['latent_max_abs_diff']:.1e}"] if impl == "pack" else [""] * 4)
+            prefix = "" if impl == "pack" else f"{impl}_"
+            line += ([f"{row[prefix + 'speedup']:.2f}x", f"{row[prefix + 'cpu_time_speedup']:.2f}x",
+                      f"{row[prefix + 'diffusion_speedup']:.2f}x", f"{row[prefix + 'latent_max_abs_diff']:.1e}"]
+                     if impl != "native" else [""] * 4)
             lines.append(line)
+    return markdown(lines)
+
+
+def baseline_table(rows: list[dict]) -> str:
+    """This checkout against the baseline revision, same run: baseline seconds / pack seconds per phase."""
+    lines = [["audio", "steps", "batch", *(f"{p} pack vs baseline" for p in (*PHASES, "total"))]]
+    for row in rows:
+        lines.append([f"{row['seconds']:g} s", str(row["steps"]), str(row["batch"]),
+                      *(f"{row['pack_vs_baseline'][p]:.3f}x" for p in (*PHASES, "total"))])
     return markdown(lines)
 
 
 def load_table(load: dict) -> str:
     lines = [["impl", "load s", "peak RSS MB", "anonymous MB after", "file-backed MB after"]]
-    for impl in IMPLEMENTATIONS:
+    for impl in load:
         for r in load[impl]:
             lines.append([impl, f"{r['seconds']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{r['rss_anon_mb']:.0f}",
                           f"{r['rss_file_mb']:.0f}"])
@@ -448,6 +475,8 @@ def main(argv=None) -> int:
     parser.add_argument("--load-only", action="store_true",
                         help="each side only loads the checkpoint (once) and reports time and memory: whether a size "
                              "fits the machine, before a long run")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run the pack as it was at this git revision, as a third side of the same run")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.child:
@@ -466,18 +495,22 @@ def main(argv=None) -> int:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt = ensure_checkpoint(checkpoint_dir, config["width"], config["layers"], config["dtype"])
     machine, versions = machine_and_versions(config["device"], opts.threads)
+    roots = {"native": None, "pack": ROOT}
+    if opts.baseline:
+        versions["baseline"], roots["baseline"] = extract_revision(opts.baseline, opts.workdir)
+    implementations = tuple(roots)
 
-    results = {impl: [] for impl in IMPLEMENTATIONS}
+    results = {impl: [] for impl in implementations}
     with tempfile.TemporaryDirectory(dir=opts.workdir) as scratch:
         for repeat in range(config["repeats"]):
-            order = IMPLEMENTATIONS if repeat % 2 == 0 else IMPLEMENTATIONS[::-1]
+            order = implementations if repeat % 2 == 0 else implementations[::-1]
             for impl in order:
                 run_dir = Path(scratch) / f"{impl}_{repeat}"
                 run_dir.mkdir()
                 spec = {"impl": impl, "device": config["device"], "lowvram": config["lowvram"], "cases": cases,
                         "warmup": config["warmup"], "threads": opts.threads, "load_only": opts.load_only,
                         "checkpoint_dir": str(checkpoint_dir), "checkpoint": ckpt, "latent_dir": str(run_dir),
-                        "result": str(run_dir / "result.json")}
+                        "result": str(run_dir / "result.json"), "pack_root": str(roots[impl])}
                 (run_dir / "spec.json").write_text(json.dumps(spec))
                 print(f"repeat {repeat + 1}/{config['repeats']}: {impl}", file=sys.stderr, flush=True)
                 subprocess.run([sys.executable, __file__, "--child", str(run_dir / "spec.json")], check=True)
@@ -490,17 +523,37 @@ def main(argv=None) -> int:
         "config": {**config, "checkpoint": ckpt, "guidance": f"APG scale {GUIDANCE_SCALE:g}, interval "
                    f"{GUIDANCE_INTERVAL:g}, euler, simple schedule", "seed": SEED},
         "load": {impl: [{k: round(v, 2) for k, v in r["load"].items()} for r in results[impl]]
-                 for impl in IMPLEMENTATIONS},
+                 for impl in implementations},
+        "pack_folders": {impl: sorted({r["pack_folder"] for r in results[impl]}) for impl in implementations
+                         if impl != "native"},
         "cases": rows,
     }
     print(load_table(report["load"]))
     if rows:
         print(table(rows))
+    if rows and opts.baseline:
+        print(baseline_table(rows))
     text = json.dumps(report, indent=1)
     print(text)
     if opts.json:
         opts.json.write_text(text + "\n")
-    return 0 if all(row["latent_match"] for row in rows) else 1
+    return 0 if all(row[key] for row in rows for key in row if key.endswith("latent_match")) else 1
+
+
+def extract_revision(rev: str, workdir: Path) -> tuple[str, Path]:
+    """(full commit id, folder holding that revision's tree): `git archive`, so the checkout and its index stay as
+    they are; reused when already extracted."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                            capture_output=True, text=True)
+    if commit.returncode:
+        sys.exit(f"--baseline {rev}: not a revision of this repository ({commit.stderr.strip()})")
+    commit = commit.stdout.strip()
+    tree = workdir / f"baseline-{commit[:12]}"
+    if not (tree / "__init__.py").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return commit, tree
 
 
 if __name__ == "__main__":

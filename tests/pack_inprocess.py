@@ -8,11 +8,12 @@ from comfy_inprocess import ROOT, import_comfy
 PACKAGE = "acestep_studio_under_test"
 
 
-def import_pack():
+def import_pack(root=ROOT):
+    """The pack in this checkout, or in `root` (another revision's tree; the first call of a process decides)."""
     import_comfy()
     if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
+        spec = importlib.util.spec_from_file_location(PACKAGE, root / "__init__.py",
+                                                      submodule_search_locations=[str(root)])
         module = importlib.util.module_from_spec(spec)
         sys.modules[PACKAGE] = module
         spec.loader.exec_module(module)

@@ -4,6 +4,7 @@ BENCHMARKS.md has the measured numbers. Also its checkpoint writer: streamed ten
 in-memory writer, in memory about one tensor at a time."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,15 +24,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_benchmark_tiny_mode():
+    """Also its --baseline side: the pack at the committed revision, extracted and imported from its own folder."""
     workdir = OUTPUT_DIR / "benchmark-test"  # not the script's default folder, whose checkpoints it keeps
     out = workdir / "tiny.json"
     try:
         proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--preset", "tiny",
-                               "--workdir", str(workdir), "--json", str(out)],
+                               "--workdir", str(workdir), "--json", str(out), "--baseline", "HEAD"],
                               capture_output=True, text=True, timeout=1800)
     finally:
         for checkpoint in (workdir / "checkpoints").glob("*.safetensors"):
             checkpoint.unlink()  # 2.5 GB (full-size VAE and UMT5), rebuilt in seconds
+        for tree in workdir.glob("baseline-*"):
+            shutil.rmtree(tree)
     assert proc.returncode == 0, proc.stderr[-5000:]
     result = json.loads(out.read_text())
     assert json.loads(proc.stdout[proc.stdout.index("\n{") + 1:]) == result, "the printed JSON is the written one"
@@ -39,7 +43,7 @@ def test_benchmark_tiny_mode():
 
     [case] = result["cases"]
     assert (case["seconds"], case["steps"], case["batch"]) == (1, 4, 1)
-    for impl in ("native", "pack"):
+    for impl in ("native", "pack", "baseline"):
         stats = case[impl]
         assert all(stats[phase]["seconds"] > 0 and stats[phase]["cpu_seconds"] > 0
                    for phase in ("encode", "diffusion", "decode"))
@@ -50,6 +54,16 @@ def test_benchmark_tiny_mode():
     report("benchmark tiny mode: native vs pack latent max abs diff", case["latent_max_abs_diff"],
            tolerance=case["latent_tolerance"])
     assert case["latent_match"] and case["latent_max_abs_diff"] <= case["latent_tolerance"]
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert result["versions"]["baseline"] == commit.strip()
+    assert result["pack_folders"] == {"pack": [str(ROOT)],
+                                      "baseline": [str(workdir / f"baseline-{commit[:12]}")]}
+    assert case["baseline_latent_match"] and case["baseline_latent_max_abs_diff"] <= case["latent_tolerance"]
+    assert case["baseline_speedup"] > 0 and "| baseline " in proc.stdout
+    assert set(case["pack_vs_baseline"]) == {"encode", "diffusion", "decode", "total"}
+    assert case["pack_vs_baseline"]["total"] == case["baseline"]["total_seconds"] / case["pack"]["total_seconds"]
+    assert "total pack vs baseline" in proc.stdout
 
 
 @pytest.mark.parametrize("options", [
