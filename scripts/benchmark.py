@@ -153,10 +153,10 @@ def ensure_checkpoint(folder: Path, width: int, layers: int, dtype: str) -> str:
     return name
 
 
-def import_comfy_for(device: str, lowvram: bool = False):
+def import_comfy_for(device: str, lowvram: bool = False, pytorch_attention: bool = False):
     from comfy_inprocess import import_comfy
 
-    return import_comfy(cpu=device == "cpu", lowvram=lowvram)
+    return import_comfy(cpu=device == "cpu", lowvram=lowvram, pytorch_attention=pytorch_attention)
 
 
 # ---------------------------------------------------------------------------------------------------- one process
@@ -309,7 +309,7 @@ def zero_out(conditioning):
 
 def child(spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
-    import_comfy_for(spec["device"], spec["lowvram"])
+    import_comfy_for(spec["device"], spec["lowvram"], spec["pytorch_attention"])
     import folder_paths
     import torch
 
@@ -468,6 +468,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, nargs="+")
     parser.add_argument("--repeats", type=int, help="runs per implementation; medians are reported")
     parser.add_argument("--lowvram", action="store_true", help="run both sides under ComfyUI's --lowvram")
+    parser.add_argument("--pytorch-attention", action="store_true",
+                        help="run both sides under ComfyUI's --use-pytorch-cross-attention (on a CPU ComfyUI "
+                             "otherwise picks its sub-quadratic attention)")
     parser.add_argument("--threads", type=int, help="torch CPU threads of each side (default: torch's, one per core)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "test-output" / "benchmark",
                         help="holds the generated checkpoint (reused across runs) and the run's latents")
@@ -486,7 +489,7 @@ def main(argv=None) -> int:
     config.update({k: getattr(opts, k) for k in config if getattr(opts, k, None) is not None})
     if config["width"] % 128:
         parser.error("--width must be a multiple of 128 (ComfyUI's 128-wide heads)")
-    config["lowvram"] = opts.lowvram
+    config["lowvram"], config["pytorch_attention"] = opts.lowvram, opts.pytorch_attention
     if opts.load_only:
         config["repeats"] = 1
     cases = [{"id": f"{s:g}s_{n}steps_b{b}", "seconds": s, "steps": n, "batch": b}
@@ -507,7 +510,8 @@ def main(argv=None) -> int:
             for impl in order:
                 run_dir = Path(scratch) / f"{impl}_{repeat}"
                 run_dir.mkdir()
-                spec = {"impl": impl, "device": config["device"], "lowvram": config["lowvram"], "cases": cases,
+                spec = {"impl": impl, "device": config["device"], "lowvram": config["lowvram"],
+                        "pytorch_attention": config["pytorch_attention"], "cases": cases,
                         "warmup": config["warmup"], "threads": opts.threads, "load_only": opts.load_only,
                         "checkpoint_dir": str(checkpoint_dir), "checkpoint": ckpt, "latent_dir": str(run_dir),
                         "result": str(run_dir / "result.json"), "pack_root": str(roots[impl])}

@@ -15,8 +15,9 @@ def comfyui_path() -> Path:
     return Path(os.environ.get("COMFYUI_PATH") or ROOT / ".comfyui")
 
 
-def import_comfy(cpu: bool = True, lowvram: bool = False):
-    """Makes `comfy` importable (on CPU unless `cpu=False`; `lowvram`: ComfyUI's --lowvram) and returns its root."""
+def import_comfy(cpu: bool = True, lowvram: bool = False, pytorch_attention: bool = False):
+    """Makes `comfy` importable (on CPU unless `cpu=False`; `lowvram`: ComfyUI's --lowvram; `pytorch_attention`: its
+    --use-pytorch-cross-attention) and returns its root."""
     path = comfyui_path()
     if not (path / "main.py").exists():
         raise RuntimeError(f"no ComfyUI at {path}: run `bash scripts/setup.sh` first")
@@ -27,6 +28,7 @@ def import_comfy(cpu: bool = True, lowvram: bool = False):
 
     args.cpu = cpu
     args.lowvram = lowvram
+    args.use_pytorch_cross_attention = pytorch_attention
     import comfy.model_management  # noqa: F401  (device detection reads args.cpu and args.lowvram)
 
     return path
