@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -250,7 +251,8 @@ def sample(model, positive, negative, latent: dict, steps: int):
 
 
 class PhaseMeter:
-    """Wall time and peak memory of one phase (CUDA work is synchronised at both ends)."""
+    """Wall time, CPU and system time, minor page faults and peak memory of one phase (CUDA work is synchronised at
+    both ends)."""
 
     def __init__(self, device: str):
         import torch
@@ -263,6 +265,7 @@ class PhaseMeter:
             self.torch.cuda.reset_peak_memory_stats()
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         self.start, self.start_cpu = time.perf_counter(), time.process_time()
+        self.start_usage = resource.getrusage(resource.RUSAGE_SELF)
         return self
 
     def __exit__(self, *exc):
@@ -270,6 +273,10 @@ class PhaseMeter:
             self.torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
         self.cpu_seconds = time.process_time() - self.start_cpu
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        # Fresh pages from the kernel: where an allocator's state slows a phase down (see BENCHMARKS.md "CPU").
+        self.system_seconds = usage.ru_stime - self.start_usage.ru_stime
+        self.minor_faults = usage.ru_minflt - self.start_usage.ru_minflt
         status = Path("/proc/self/status").read_text()
         self.memory = {"peak_rss_mb": int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024}
         if self.cuda:
@@ -295,7 +302,8 @@ def run_pipeline(impl, models, seconds: float, steps: int, batch: int, device: s
     with PhaseMeter(device) as decode:
         audio = impl.decode(vae, latent)
     assert audio["waveform"].shape[0] == batch
-    phases = {name: {"seconds": meter.seconds, "cpu_seconds": meter.cpu_seconds, **meter.memory}
+    phases = {name: {"seconds": meter.seconds, "cpu_seconds": meter.cpu_seconds,
+                     "system_seconds": meter.system_seconds, "minor_faults": meter.minor_faults, **meter.memory}
               for name, meter in zip(PHASES, (encode, diffusion, decode))}
     return phases, latent["samples"]
 

@@ -48,6 +48,7 @@ def test_benchmark_tiny_mode():
         assert all(stats[phase]["seconds"] > 0 and stats[phase]["cpu_seconds"] > 0
                    for phase in ("encode", "diffusion", "decode"))
         assert stats["total_seconds"] > stats["diffusion"]["seconds"]
+        assert stats["decode"]["minor_faults"] > 0 and stats["decode"]["system_seconds"] >= 0
         assert stats["peak_rss_mb"] > 1000, "the full-size VAE and text encoder are resident"
         assert f"| {impl} " in proc.stdout
     assert case["latent_std"] > 0.1, "the sampled latent is not (near) zero"
