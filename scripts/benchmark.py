@@ -381,6 +381,11 @@ def median_phases(runs: list[dict]) -> dict:
     return out
 
 
+def side_key(impl: str, name: str) -> str:
+    """A row's key for one pack side's figure: `speedup` for this checkout, `baseline_speedup` for the baseline."""
+    return name if impl == "pack" else f"{impl}_{name}"
+
+
 def summarise(cases: list[dict], results: dict, tolerance: float) -> list[dict]:
     """Per case: each side's medians, and per pack side (this checkout's, and the baseline's when run) its speedups
     over native and its largest latent difference from native's over the repeats."""
@@ -403,12 +408,13 @@ def summarise(cases: list[dict], results: dict, tolerance: float) -> list[dict]:
                 continue
             diff = max((latent(native, case["id"]) - latent(ours, case["id"])).abs().max().item()
                        for native, ours in zip(results["native"], results[impl]))
-            prefix = "" if impl == "pack" else f"{impl}_"
-            row[prefix + "speedup"] = row["native"]["total_seconds"] / row[impl]["total_seconds"]
-            row[prefix + "cpu_time_speedup"] = row["native"]["total_cpu_seconds"] / row[impl]["total_cpu_seconds"]
-            row[prefix + "diffusion_speedup"] = row["native"]["diffusion"]["seconds"] / row[impl]["diffusion"]["seconds"]
-            row[prefix + "latent_max_abs_diff"] = diff
-            row[prefix + "latent_match"] = diff <= tolerance
+            row[side_key(impl, "speedup")] = row["native"]["total_seconds"] / row[impl]["total_seconds"]
+            row[side_key(impl, "cpu_time_speedup")] = (row["native"]["total_cpu_seconds"]
+                                                       / row[impl]["total_cpu_seconds"])
+            row[side_key(impl, "diffusion_speedup")] = (row["native"]["diffusion"]["seconds"]
+                                                        / row[impl]["diffusion"]["seconds"])
+            row[side_key(impl, "latent_max_abs_diff")] = diff
+            row[side_key(impl, "latent_match")] = diff <= tolerance
         if "baseline" in results:  # > 1: this checkout is faster than the baseline revision
             row["pack_vs_baseline"] = {phase: row["baseline"][phase]["seconds"] / row["pack"][phase]["seconds"]
                                        for phase in PHASES}
@@ -431,10 +437,9 @@ def table(rows: list[dict]) -> str:
                     f"{s['diffusion']['seconds']:.2f}", f"{s['decode']['seconds']:.2f}", f"{s['peak_rss_mb']:.0f}"]
             if cuda:
                 line += [f"{s['cuda_max_allocated_mb']:.0f}", f"{s['cuda_max_reserved_mb']:.0f}"]
-            prefix = "" if impl == "pack" else f"{impl}_"
-            line += ([f"{row[prefix + 'speedup']:.2f}x", f"{row[prefix + 'cpu_time_speedup']:.2f}x",
-                      f"{row[prefix + 'diffusion_speedup']:.2f}x", f"{row[prefix + 'latent_max_abs_diff']:.1e}"]
-                     if impl != "native" else [""] * 4)
+            line += ([f"{row[side_key(impl, 'speedup')]:.2f}x", f"{row[side_key(impl, 'cpu_time_speedup')]:.2f}x",
+                      f"{row[side_key(impl, 'diffusion_speedup')]:.2f}x",
+                      f"{row[side_key(impl, 'latent_max_abs_diff')]:.1e}"] if impl != "native" else [""] * 4)
             lines.append(line)
     return markdown(lines)
 
@@ -504,12 +509,14 @@ def main(argv=None) -> int:
              for s in config["seconds"] for n in config["steps"] for b in config["batch"]]
     checkpoint_dir = opts.workdir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    roots, baseline_commit = {"native": None, "pack": ROOT}, None
+    if opts.baseline:  # before writing a checkpoint, so a wrong revision is refused at once
+        baseline_commit, roots["baseline"] = extract_revision(opts.baseline, opts.workdir)
+    implementations = tuple(roots)
     ckpt = ensure_checkpoint(checkpoint_dir, config["width"], config["layers"], config["dtype"])
     machine, versions = machine_and_versions(config["device"], opts.threads)
-    roots = {"native": None, "pack": ROOT}
-    if opts.baseline:
-        versions["baseline"], roots["baseline"] = extract_revision(opts.baseline, opts.workdir)
-    implementations = tuple(roots)
+    if baseline_commit:
+        versions["baseline"] = baseline_commit
 
     results = {impl: [] for impl in implementations}
     with tempfile.TemporaryDirectory(dir=opts.workdir) as scratch:
@@ -522,7 +529,7 @@ def main(argv=None) -> int:
                         "pytorch_attention": config["pytorch_attention"], "cases": cases,
                         "warmup": config["warmup"], "threads": opts.threads, "load_only": opts.load_only,
                         "checkpoint_dir": str(checkpoint_dir), "checkpoint": ckpt, "latent_dir": str(run_dir),
-                        "result": str(run_dir / "result.json"), "pack_root": str(roots[impl])}
+                        "result": str(run_dir / "result.json"), "pack_root": roots[impl] and str(roots[impl])}
                 (run_dir / "spec.json").write_text(json.dumps(spec))
                 print(f"repeat {repeat + 1}/{config['repeats']}: {impl}", file=sys.stderr, flush=True)
                 subprocess.run([sys.executable, __file__, "--child", str(run_dir / "spec.json")], check=True)
@@ -549,7 +556,8 @@ def main(argv=None) -> int:
     print(text)
     if opts.json:
         opts.json.write_text(text + "\n")
-    return 0 if all(row[key] for row in rows for key in row if key.endswith("latent_match")) else 1
+    return 0 if all(row[side_key(impl, "latent_match")] for row in rows for impl in implementations
+                    if impl != "native") else 1
 
 
 def extract_revision(rev: str, workdir: Path) -> tuple[str, Path]:
