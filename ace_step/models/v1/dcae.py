@@ -326,6 +326,21 @@ def make_block(kind: str, width: int, config: DCAEConfig, dtype=None, device=Non
                              operations)
 
 
+def _attention_level_on_tiles(level: nn.Sequential, x: torch.Tensor, tile_elements: int) -> torch.Tensor:
+    """An attention level with its local parts on time tiles: each block's attention sees the whole song, its
+    GLUMBConv (pointwise convs around one depthwise 3×3: one column of context) runs on tiles of at most
+    `tile_elements` values of its widest intermediate (2·expand × the width). Untiled, at the deepest level of a 30 s
+    song that intermediate is 170 MB, fresh pages from the kernel at every call (see `time_tiles`)."""
+    for block in level:
+        if not isinstance(block, EfficientViTBlock):  # an up- or downsampler: whole
+            x = block(x)
+            continue
+        x = block.attn(x)
+        column = block.conv_out.conv_inverted.out_channels * x.shape[2]
+        x = map_time_tiles(block.conv_out, x, core=max(1, tile_elements // column), context=1)
+    return x
+
+
 def _conv_context(level: nn.Sequential, extra_convs: int = 0) -> int:
     """Columns of context on each side of a convolutional level: one per 3×3 conv (two per ResBlock, one in an
     up- or downsampler), plus `extra_convs` more (conv_in, conv_out)."""
@@ -336,7 +351,7 @@ class Encoder(nn.Module):
     """mel [B, in, H, W] → latent [B, latent_channels, H/8, W/8] (unscaled).
 
     As in the decoder, the convolutional levels (with conv_in) run on time tiles on a CPU (`tile_elements = None`:
-    untiled, the reference order of operations); attention levels see the whole song."""
+    untiled, the reference order of operations); in attention levels only the attention sees the whole song."""
 
     tile_elements: int | None = 2 ** 22
 
@@ -371,7 +386,12 @@ class Encoder(nn.Module):
         if not (tiled and self.local_levels[0]):
             x = self.conv_in(x)
         for i, level in enumerate(self.down_blocks):
-            x = self._tiled_level(i, x) if tiled and self.local_levels[i] else level(x)
+            if not tiled:
+                x = level(x)
+            elif self.local_levels[i]:
+                x = self._tiled_level(i, x)
+            else:
+                x = _attention_level_on_tiles(level, x, self.tile_elements)
         # Shortcut to the latent: the average of each group of consecutive channels.
         return self.conv_out(x) + x.unflatten(1, (-1, self.out_group)).mean(dim=2)
 
@@ -381,8 +401,8 @@ class Decoder(nn.Module):
 
     The convolutional levels (and the output head) are local along time, so on a CPU they run on time tiles of at most
     `tile_elements` output values per item (`time_tiles`); only float rounding differs from the untiled result
-    (`tile_elements = None`, the reference code's order of operations, which GPUs run). Attention levels see the
-    whole song."""
+    (`tile_elements = None`, the reference code's order of operations, which GPUs run). In attention levels the
+    attention sees the whole song, and each block's GLUMBConv runs on tiles."""
 
     tile_elements: int | None = 2 ** 22
 
@@ -420,7 +440,12 @@ class Decoder(nn.Module):
         x = self.conv_in(z) + z.repeat_interleave(self.in_repeats, dim=1)
         tiled = bool(self.tile_elements) and z.device.type == "cpu"
         for i in reversed(range(len(self.up_blocks))):
-            x = self._tiled_level(i, x) if tiled and self.local_levels[i] else self.up_blocks[i](x)
+            if not tiled:
+                x = self.up_blocks[i](x)
+            elif self.local_levels[i]:
+                x = self._tiled_level(i, x)
+            else:
+                x = _attention_level_on_tiles(self.up_blocks[i], x, self.tile_elements)
         return x if tiled and self.local_levels[0] else self._output(x)
 
 
