@@ -326,11 +326,14 @@ def make_block(kind: str, width: int, config: DCAEConfig, dtype=None, device=Non
                              operations)
 
 
-def _attention_level_on_tiles(level: nn.Sequential, x: torch.Tensor, tile_elements: int) -> torch.Tensor:
-    """An attention level with its local parts on time tiles: each block's attention sees the whole song, its
-    GLUMBConv (pointwise convs around one depthwise 3×3: one column of context) runs on tiles of at most
-    `tile_elements` values of its widest intermediate (2·expand × the width). Untiled, at the deepest level of a 30 s
-    song that intermediate is 170 MB, fresh pages from the kernel at every call (see `time_tiles`)."""
+def _attention_level(level: nn.Sequential, x: torch.Tensor, tile_elements: int | None) -> torch.Tensor:
+    """An attention level, whole when `tile_elements` is None. Otherwise its local parts run on time tiles: each
+    block's attention sees the whole song, its GLUMBConv (pointwise convs around one depthwise 3×3: one column of
+    context) runs on tiles of at most `tile_elements` values of its widest intermediate (2·expand × the width).
+    Untiled, at the deepest level of a 30 s song that intermediate is 170 MB, fresh pages from the kernel at every
+    call (see `time_tiles`)."""
+    if not tile_elements:
+        return level(x)
     for block in level:
         if not isinstance(block, EfficientViTBlock):  # an up- or downsampler: whole
             x = block(x)
@@ -386,12 +389,8 @@ class Encoder(nn.Module):
         if not (tiled and self.local_levels[0]):
             x = self.conv_in(x)
         for i, level in enumerate(self.down_blocks):
-            if not tiled:
-                x = level(x)
-            elif self.local_levels[i]:
-                x = self._tiled_level(i, x)
-            else:
-                x = _attention_level_on_tiles(level, x, self.tile_elements)
+            x = (self._tiled_level(i, x) if tiled and self.local_levels[i]
+                 else _attention_level(level, x, self.tile_elements if tiled else None))
         # Shortcut to the latent: the average of each group of consecutive channels.
         return self.conv_out(x) + x.unflatten(1, (-1, self.out_group)).mean(dim=2)
 
@@ -440,12 +439,8 @@ class Decoder(nn.Module):
         x = self.conv_in(z) + z.repeat_interleave(self.in_repeats, dim=1)
         tiled = bool(self.tile_elements) and z.device.type == "cpu"
         for i in reversed(range(len(self.up_blocks))):
-            if not tiled:
-                x = self.up_blocks[i](x)
-            elif self.local_levels[i]:
-                x = self._tiled_level(i, x)
-            else:
-                x = _attention_level_on_tiles(self.up_blocks[i], x, self.tile_elements)
+            x = (self._tiled_level(i, x) if tiled and self.local_levels[i]
+                 else _attention_level(self.up_blocks[i], x, self.tile_elements if tiled else None))
         return x if tiled and self.local_levels[0] else self._output(x)
 
 
